@@ -1,0 +1,30 @@
+# On a fresh machine: `make setup`, then `make test`. `make serve` runs the offline server.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SHARED ?= ../shared
+# pip prints one line per unused local package index on some machines; hide only those lines.
+QUIET_INDEX := grep -v "is ignored: it is neither a file nor a directory" || true
+
+.PHONY: setup test serve voices bench
+
+setup:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==25.3 2>&1 | $(QUIET_INDEX)
+	$(PY) -m pip install --quiet -r requirements.lock -e . 2>&1 | $(QUIET_INDEX)
+	$(PY) -c "import torch, torchaudio, transformers, bentoml; print('ready: torch', torch.__version__, '| transformers', transformers.__version__, '| bentoml', bentoml.__version__)"
+
+test:
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+
+serve:
+	HF_HUB_OFFLINE=1 HIGGS_VOICE_SOURCE=$(SHARED)/voice_prompts $(PY) main.py --host 127.0.0.1 --port 8000 \
+		--model-path tiny-random --audio-tokenizer-path tiny-random --device cpu
+
+voices:
+	$(PY) -m higgs_runtime.voices fetch --source $(SHARED)/voice_prompts
+
+bench:
+	HF_HUB_OFFLINE=1 $(PY) bench/engine_bench.py

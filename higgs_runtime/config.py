@@ -1,0 +1,92 @@
+"""Service settings, read once from environment variables (main.py turns its flags into these)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
+DEFAULT_AUDIO_TOKENIZER = "bosonai/higgs-audio-v2-tokenizer"
+TINY_RANDOM = "tiny-random"
+# Raw URL prefix of the reference repository's voice prompts, pinned to one commit.
+DEFAULT_VOICE_SOURCE = (
+    "https://raw.githubusercontent.com/boson-ai/higgs-audio/"
+    "f04f5df76a6a7b14674e0d6d715b436c422883c6/examples/voice_prompts"
+)
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "higgs-audio-server"
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "higgs-audio-server"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the service. Each field is read from `HIGGS_<FIELD NAME IN CAPITALS>`."""
+
+    model_path: str = DEFAULT_MODEL
+    audio_tokenizer_path: str = DEFAULT_AUDIO_TOKENIZER
+    device: str = "auto"
+    data_dir: Path = _default_data_dir()
+    cache_dir: Path = _default_cache_dir()
+    voice_source: str = DEFAULT_VOICE_SOURCE
+    # Request limits.
+    max_text_chars: int = 5000
+    max_new_tokens_cap: int = 2048
+    max_request_bytes: int = 32 * 1024 * 1024
+    max_upload_bytes: int = 16 * 1024 * 1024
+    min_reference_seconds: float = 0.5
+    max_reference_seconds: float = 30.0
+    # Engine capacity.
+    max_batch_size: int = 8
+    max_queue_size: int = 64
+    max_seq_len: int = 4096
+    ras_window: int = 7
+    ras_max_repeat: int = 2
+    request_timeout_s: float = 600.0
+    # Audio still going after this multiple of the time its text could plausibly take is cut (0: off).
+    runaway_guard_multiple: float = 2.0
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values = {}
+        for field in fields(cls):
+            raw = environ.get(f"HIGGS_{field.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            kind = type(field.default)
+            try:
+                values[field.name] = Path(raw).expanduser() if issubclass(kind, Path) else kind(raw)
+            except ValueError as exc:
+                raise ValueError(f"HIGGS_{field.name.upper()}={raw!r} is not a valid {kind.__name__}") from exc
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        positive = ("max_text_chars", "max_new_tokens_cap", "max_request_bytes", "max_upload_bytes",
+                    "max_batch_size", "max_queue_size", "max_seq_len", "ras_window")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"HIGGS_{name.upper()} must be positive")
+        if not 0 < self.min_reference_seconds < self.max_reference_seconds:
+            raise ValueError("HIGGS_MIN_REFERENCE_SECONDS must be positive and below HIGGS_MAX_REFERENCE_SECONDS")
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "voices"
+
+    @property
+    def presets_dir(self) -> Path:
+        return self.data_dir / "presets"
+
+    @property
+    def is_tiny_random(self) -> bool:
+        return self.model_path == TINY_RANDOM

@@ -1,0 +1,35 @@
+"""Higgs Audio's delay pattern: codebook k lags k frames behind codebook 0.
+
+Codes are (codebooks, frames) as the audio tokenizer produces them; frames are (steps, codebooks)
+as the model consumes and emits them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def add_delay_pattern(codes: np.ndarray, stream_bos: int, stream_eos: int) -> np.ndarray:
+    """Codes of one clip -> the frames the model reads: a stream-begin column, the codes, a
+    stream-end column, each codebook shifted by its index (begin-filled before, end-filled after)."""
+    num_codebooks, length = codes.shape
+    bracketed = np.concatenate([
+        np.full((num_codebooks, 1), stream_bos), codes, np.full((num_codebooks, 1), stream_eos)
+    ], axis=1)
+    span = length + 2
+    frames = np.full((span + num_codebooks - 1, num_codebooks), stream_eos, dtype=np.int64)
+    for k in range(num_codebooks):
+        frames[:k, k] = stream_bos
+        frames[k:k + span, k] = bracketed[k]
+    return frames
+
+
+def undo_delay_pattern(frames: np.ndarray, codebook_size: int) -> np.ndarray:
+    """Generated frames (without the leading all-begin frame and the closing all-end frame) ->
+    codes (codebooks, frames - codebooks + 1), clipped to real code values."""
+    steps, num_codebooks = frames.shape
+    length = steps - num_codebooks + 1
+    if length <= 0:
+        return np.zeros((num_codebooks, 0), dtype=np.int64)
+    codes = np.stack([frames[k:k + length, k] for k in range(num_codebooks)])
+    return np.clip(codes, 0, codebook_size - 1)

@@ -1,0 +1,132 @@
+"""A generation request as the scheduler sees it, and the handle its caller waits on."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..prompts import Prompt
+from .sampling import SamplingParams
+
+FINISH_REASONS = ("stop", "length", "guard", "cancelled", "timeout", "error")
+
+
+class QueueFull(Exception):
+    """The engine's waiting queue is full; the caller should retry later."""
+
+
+@dataclass
+class GenerationRequest:
+    prompt: Prompt
+    sampling: SamplingParams
+    max_new_frames: int
+    guard_frames: int  # the runaway guard: stop once this many frames exist and the audio has not ended
+    timeout_s: float
+
+
+@dataclass
+class GenerationResult:
+    frames: np.ndarray  # (steps, codebooks): generated frames after the all-begin frame, before the all-end frame
+    finish_reason: str
+    prompt_tokens: int
+    steps: int  # decoding steps the model ran, stream begin/end frames included
+    error: str | None = None
+
+
+@dataclass
+class RequestHandle:
+    """Shared between the scheduler thread (which appends frames and finishes it) and the caller
+    (which reads them, blocking or from asyncio)."""
+
+    request: GenerationRequest
+    submitted_at: float = field(default_factory=time.monotonic)
+    steps: int = 0
+    _frames: list = field(default_factory=list)
+    _finish_reason: str | None = None
+    _error: str | None = None
+    _cancelled: bool = False
+    _lock: threading.Condition = field(default_factory=threading.Condition)
+    _async_waiters: list = field(default_factory=list)
+
+    # --- scheduler side ---
+    def push(self, frame: np.ndarray) -> None:
+        with self._lock:
+            self._frames.append(frame)
+        self._notify()
+
+    def finish(self, reason: str, error: str | None = None) -> None:
+        assert reason in FINISH_REASONS, reason
+        with self._lock:
+            if self._finish_reason is None:
+                self._finish_reason, self._error = reason, error
+        self._notify()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() - self.submitted_at > self.request.timeout_s
+
+    def _notify(self) -> None:
+        with self._lock:
+            self._lock.notify_all()
+            waiters = list(self._async_waiters)
+        for loop, event in waiters:
+            loop.call_soon_threadsafe(event.set)
+
+    # --- caller side ---
+    @property
+    def done(self) -> bool:
+        return self._finish_reason is not None
+
+    def cancel(self) -> None:
+        """The caller no longer wants the result: the scheduler frees the slot at its next step."""
+        self._cancelled = True
+
+    def snapshot(self, start: int = 0) -> tuple[list[np.ndarray], str | None]:
+        with self._lock:
+            return self._frames[start:], self._finish_reason
+
+    def result(self, timeout: float | None = None) -> GenerationResult:
+        with self._lock:
+            if not self._lock.wait_for(lambda: self._finish_reason is not None, timeout):
+                raise TimeoutError("generation did not finish in time")
+        return self._result()
+
+    async def wait(self) -> GenerationResult:
+        async for _ in self.frames():
+            pass
+        return self._result()
+
+    async def frames(self):
+        """Yields each frame as the scheduler produces it, until the request finishes."""
+        event = asyncio.Event()
+        waiter = (asyncio.get_running_loop(), event)
+        with self._lock:
+            self._async_waiters.append(waiter)
+        seen = 0
+        try:
+            while True:
+                event.clear()
+                new, reason = self.snapshot(seen)
+                for frame in new:
+                    yield frame
+                seen += len(new)
+                if reason is not None and not new:
+                    return
+                if not new:
+                    await event.wait()
+        finally:
+            with self._lock:
+                self._async_waiters.remove(waiter)
+
+    def _result(self) -> GenerationResult:
+        num_codebooks = self.request.prompt.audio_frames.shape[1]
+        frames = np.stack(self._frames) if self._frames else np.zeros((0, num_codebooks), dtype=np.int64)
+        return GenerationResult(frames, self._finish_reason, self.request.prompt.num_tokens, self.steps, self._error)

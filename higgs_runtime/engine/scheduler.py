@@ -1,0 +1,150 @@
+"""Continuous batching: one thread owns the model; at every decoding step it admits waiting
+requests into free cache slots (prefill), decodes one frame for every running request, and
+finishes requests the moment they end, while the others go on."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .batched_model import BatchedModel
+from .requests import GenerationRequest, QueueFull, RequestHandle
+from .sampling import FrameSampler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Running:
+    handle: RequestHandle
+    slot: int
+    sampler: FrameSampler
+    last_frame: torch.Tensor
+    steps: int = 0
+
+
+class Scheduler:
+    def __init__(self, model, max_batch_size: int, max_queue_size: int, max_seq_len: int):
+        self.batched = BatchedModel(model, max_batch_size, max_seq_len)
+        self.config = model.config
+        self.max_queue_size = max_queue_size
+        self._waiting: collections.deque[RequestHandle] = collections.deque()
+        self._running: list[_Running] = []
+        self._free_slots = list(range(max_batch_size))
+        self._wakeup = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="engine-scheduler", daemon=True)
+
+    # --- public, any thread ---
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify_all()
+        self._thread.join(timeout=30)
+
+    def submit(self, request: GenerationRequest) -> RequestHandle:
+        handle = RequestHandle(request)
+        with self._wakeup:
+            if len(self._waiting) >= self.max_queue_size:
+                raise QueueFull(f"the server is busy: {len(self._running)} requests are generating and "
+                                f"{len(self._waiting)} are queued (the limit); retry shortly")
+            self._waiting.append(handle)
+            self._wakeup.notify_all()
+        return handle
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    # --- the scheduler thread ---
+    def _loop(self) -> None:
+        while True:
+            with self._wakeup:
+                self._wakeup.wait_for(lambda: self._stopping or self._waiting or self._running)
+                if self._stopping:
+                    break
+            try:
+                self._admit()
+                if self._running:
+                    self._decode_step()
+            except Exception as exc:  # a fault in one step fails the requests in it, not the engine
+                log.exception("engine step failed")
+                for running in list(self._running):
+                    self._finish(running, "error", f"internal engine error: {type(exc).__name__}")
+        for running in list(self._running):
+            self._finish(running, "cancelled")
+        for handle in self._waiting:
+            handle.finish("cancelled")
+
+    def _admit(self) -> None:
+        while self._free_slots:
+            with self._wakeup:
+                if not self._waiting:
+                    return
+                handle = self._waiting.popleft()
+            if handle.cancelled or handle.expired:
+                handle.finish("cancelled" if handle.cancelled else "timeout")
+                continue
+            slot = self._free_slots.pop()
+            try:
+                self._prefill(handle, slot)
+            except ValueError as exc:
+                self._free_slots.append(slot)
+                handle.finish("error", str(exc))
+
+    def _prefill(self, handle: RequestHandle, slot: int) -> None:
+        prompt, config = handle.request.prompt, self.config
+        audio = torch.from_numpy(prompt.audio_frames)
+        logits = self.batched.prefill(slot, prompt.input_ids, audio)
+        sampler = FrameSampler(handle.request.sampling, config.num_codebooks, config.audio_stream_bos_id,
+                               config.audio_stream_eos_id, audio, self.batched.device)
+        running = _Running(handle, slot, sampler, last_frame=None)
+        self._running.append(running)
+        self._accept(running, logits)
+
+    def _decode_step(self) -> None:
+        batch = list(self._running)
+        frames = torch.stack([r.last_frame for r in batch])
+        logits = self.batched.decode([r.slot for r in batch], frames)
+        for running, frame_logits in zip(batch, logits):
+            self._accept(running, frame_logits)
+
+    def _accept(self, running: _Running, logits: torch.Tensor) -> None:
+        """Samples the request's next frame and decides whether it goes on."""
+        handle, request = running.handle, running.handle.request
+        frame = running.sampler.next_frame(logits)
+        running.steps += 1
+        handle.steps = running.steps
+        eos = self.config.audio_stream_eos_id
+        if bool((frame == eos).all()):
+            self._finish(running, "stop")
+            return
+        if running.steps > 1:  # the first frame is the all-begin marker, not audio
+            handle.push(frame.cpu().numpy())
+        running.last_frame = frame
+        if handle.cancelled:
+            self._finish(running, "cancelled")
+        elif handle.expired:
+            self._finish(running, "timeout")
+        elif running.steps >= request.max_new_frames or self.batched.capacity_left(running.slot) <= 0:
+            self._finish(running, "length")
+        elif running.steps >= request.guard_frames and not running.sampler.ending:
+            self._finish(running, "guard")
+
+    def _finish(self, running: _Running, reason: str, error: str | None = None) -> None:
+        self._running.remove(running)
+        self.batched.release(running.slot)
+        self._free_slots.append(running.slot)
+        running.handle.finish(reason, error)

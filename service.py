@@ -1,0 +1,232 @@
+"""The BentoML service: routes, status codes and wiring. Model logic lives in `higgs_runtime`."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import logging
+import threading
+from pathlib import Path
+
+import bentoml
+from fastapi import FastAPI
+from starlette.responses import JSONResponse
+
+from higgs_runtime import __version__
+from higgs_runtime.audio import SAMPLE_RATE, AudioInputError, decode_audio, decode_base64_audio, duration_seconds, encode_wav
+from higgs_runtime.config import Settings
+from higgs_runtime.engine.requests import QueueFull
+from higgs_runtime.http_middleware import BodySizeLimit, ErrorContract
+from higgs_runtime.loading import BackgroundLoader, resolve_device
+from higgs_runtime.schemas import (FormText, GenerateResponse, Health, MaxNewTokens, ScenePrompt, Seed, Temperature,
+                                   Text, TopK, TopP, Usage, VoiceInfo, VoiceSummary)
+from higgs_runtime.speech import GenerationFailed, InvalidRequest, Sampling, Speech, Synthesizer
+from higgs_runtime.voices import CATALOG_PATH, VoiceError, VoiceExists, VoiceStore, fetch_presets, load_catalog
+
+log = logging.getLogger("higgs_audio.service")
+settings = Settings.from_env()
+UPLOAD_ROUTE = "/upload-voice"
+TINY_RANDOM_NOTE = "tiny-random is a tiny randomly initialised model for offline testing: it produces noise, not speech"
+
+http_app = FastAPI(title="Higgs Audio v2 server")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+def _status_for(exc: Exception) -> int | None:
+    if isinstance(exc, ApiError):
+        return exc.status
+    if isinstance(exc, VoiceExists):
+        return 409
+    if isinstance(exc, (InvalidRequest, AudioInputError, VoiceError)):
+        return 400
+    if isinstance(exc, QueueFull):
+        return 429
+    if isinstance(exc, GenerationFailed):
+        return 500
+    return None
+
+
+def json_errors(api):
+    """Our errors become `{"detail": ...}` with their status; anything else is a logged 500."""
+
+    @functools.wraps(api)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await api(*args, **kwargs)
+        except Exception as exc:
+            status = _status_for(exc)
+            if status is None:
+                log.exception("internal error in %s", api.__name__)
+                return JSONResponse({"detail": "internal server error; the server log has the details"}, 500)
+            if status >= 500:
+                log.error("%s failed: %s", api.__name__, exc)
+            return JSONResponse({"detail": getattr(exc, "detail", str(exc))}, status)
+
+    return wrapper
+
+
+@bentoml.service(
+    name="higgs_audio",
+    traffic={"timeout": int(settings.request_timeout_s) + 30, "max_concurrency": settings.max_batch_size + settings.max_queue_size},
+    workers=1,
+)
+@bentoml.asgi_app(http_app, path="/")
+class HiggsAudio:
+    def __init__(self) -> None:
+        self.settings = settings
+        self.voices = VoiceStore(CATALOG_PATH, settings.presets_dir, settings.uploads_dir)
+        self.synthesizer: Synthesizer | None = None
+        threading.Thread(target=self._fetch_missing_presets, name="preset-fetch", daemon=True).start()
+        self.loader = BackgroundLoader(settings, self._on_model_ready)
+        self.loader.start()
+
+    def _fetch_missing_presets(self) -> None:
+        results = fetch_presets(load_catalog(), settings.voice_source, settings.presets_dir)
+        for name, outcome in results.items():
+            if outcome not in ("ok", "already present"):
+                log.warning("preset voice %s unavailable: %s", name, outcome)
+        self.voices.refresh()
+
+    def _on_model_ready(self, loaded) -> None:
+        self.synthesizer = Synthesizer(loaded, self.voices, settings)
+
+    def _ready_synthesizer(self) -> Synthesizer:
+        if self.loader.status == "failed":
+            raise ApiError(503, f"the model failed to load: {self.loader.error}")
+        if self.synthesizer is None:
+            raise ApiError(503, "the model is still loading; retry in a moment (GET /health shows progress)")
+        return self.synthesizer
+
+    # --- GET routes (BentoML APIs are POST only) ---
+    @http_app.get("/health", response_model=Health)
+    def health(self) -> Health:
+        status = {"ready": "healthy", "loading": "loading", "failed": "unhealthy"}[self.loader.status]
+        device = str(self.synthesizer.loaded.device) if self.synthesizer else _requested_device_name()
+        return Health(status=status, model_loaded=self.synthesizer is not None, device=device,
+                      voices_available=len(self.voices.list()), model_path=settings.model_path,
+                      audio_tokenizer_path=settings.audio_tokenizer_path, version=__version__,
+                      error=self.loader.error, note=TINY_RANDOM_NOTE if settings.is_tiny_random else None)
+
+    @http_app.get("/voices", response_model=list[VoiceSummary])
+    def list_voices(self) -> list[VoiceSummary]:
+        return [VoiceSummary(name=v.name, description=v.description) for v in self.voices.list()]
+
+    # --- generation ---
+    @bentoml.api(route="/generate")
+    @json_errors
+    async def generate(self, text: Text, temperature: Temperature = 0.7, top_p: TopP = 0.95, top_k: TopK = 50,
+                       max_new_tokens: MaxNewTokens = 1024, seed: Seed = None,
+                       scene_prompt: ScenePrompt = None) -> GenerateResponse:
+        """Text to speech; the model picks a voice."""
+        synthesizer = self._ready_synthesizer()
+        text, scene_prompt = self._checked_text(text), _optional_text(scene_prompt)
+        sampling = self._sampling(temperature, top_p, top_k, max_new_tokens, seed)
+        prompt = synthesizer.plain_prompt(text, scene_prompt)
+        return _response(text, await synthesizer.generate(prompt, text, sampling))
+
+    @bentoml.api(route="/generate/voice-clone")
+    @json_errors
+    async def generate_voice_clone(self, text: Text, reference_voice: str | None = None,
+                                   reference_audio: str | None = None, reference_text: str | None = None,
+                                   temperature: Temperature = 0.7, top_p: TopP = 0.95, top_k: TopK = 50,
+                                   max_new_tokens: MaxNewTokens = 1024, seed: Seed = None,
+                                   scene_prompt: ScenePrompt = None) -> GenerateResponse:
+        """Zero-shot voice cloning from a named voice or a base64 WAV/MP3/FLAC clip."""
+        synthesizer = self._ready_synthesizer()
+        text, scene_prompt = self._checked_text(text), _optional_text(scene_prompt)
+        sampling = self._sampling(temperature, top_p, top_k, max_new_tokens, seed)
+        reference_voice, reference_audio = _optional_text(reference_voice), _optional_text(reference_audio)
+        if (reference_voice is None) == (reference_audio is None):
+            raise ApiError(400, "give exactly one of reference_voice (a voice name from GET /voices) "
+                                "or reference_audio (base64 WAV, MP3 or FLAC)")
+        if reference_voice is not None:
+            self.voices.get(reference_voice)
+            prompt = synthesizer.clone_prompt(text, scene_prompt, voice=reference_voice,
+                                              reference_text=_optional_text(reference_text))
+        else:
+            clip = decode_base64_audio(reference_audio, min_seconds=settings.min_reference_seconds,
+                                       max_seconds=settings.max_reference_seconds)
+            prompt = synthesizer.clone_prompt(text, scene_prompt, reference_audio=clip,
+                                              reference_text=_optional_text(reference_text))
+        return _response(text, await synthesizer.generate(prompt, text, sampling))
+
+    @bentoml.api(route="/generate/multi-speaker")
+    @json_errors
+    async def generate_multi_speaker(self, text: Text, reference_voices: list[str] | None = None,
+                                     temperature: Temperature = 0.7, top_p: TopP = 0.95, top_k: TopK = 50,
+                                     max_new_tokens: MaxNewTokens = 1024, seed: Seed = None,
+                                     scene_prompt: ScenePrompt = None) -> GenerateResponse:
+        """Dialogue from text tagged [SPEAKER0], [SPEAKER1], ...; reference_voices[i] voices SPEAKERi."""
+        synthesizer = self._ready_synthesizer()
+        text, scene_prompt = self._checked_text(text), _optional_text(scene_prompt)
+        sampling = self._sampling(temperature, top_p, top_k, max_new_tokens, seed)
+        voices = reference_voices or []
+        for name in voices:
+            self.voices.get(name)
+        prompt = synthesizer.multi_speaker_prompt(text, scene_prompt, voices)
+        return _response(text, await synthesizer.generate(prompt, text, sampling))
+
+    # --- voices ---
+    @bentoml.api(route=UPLOAD_ROUTE)
+    @json_errors
+    async def upload_voice(self, file: Path, name: FormText = None, description: FormText = None,
+                           transcript: FormText = None) -> VoiceInfo:
+        """Stores a reference voice (WAV, MP3 or FLAC); it is listed and usable at once."""
+        name = _optional_text(name) or Path(file).stem
+        self.voices.check_new_name(name)
+        data = Path(file).read_bytes()
+        if len(data) > settings.max_upload_bytes:
+            raise ApiError(413, f"file is larger than the limit of {settings.max_upload_bytes // (1024 * 1024)} MiB")
+        clip = decode_audio(data, min_seconds=settings.min_reference_seconds, max_seconds=settings.max_reference_seconds)
+        voice = self.voices.add_upload(name, clip, _optional_text(description), _optional_text(transcript))
+        return VoiceInfo(name=voice.name, description=voice.description, kind=voice.kind,
+                         transcript=voice.transcript, duration=voice.duration, created=voice.created)
+
+    # --- helpers ---
+    def _checked_text(self, text: str) -> str:
+        text = text.strip()
+        if not text:
+            raise ApiError(400, "text must not be empty")
+        if len(text) > settings.max_text_chars:
+            raise ApiError(400, f"text is {len(text)} characters long; the limit is {settings.max_text_chars}")
+        return text
+
+    def _sampling(self, temperature, top_p, top_k, max_new_tokens, seed) -> Sampling:
+        if max_new_tokens > settings.max_new_tokens_cap:
+            raise ApiError(400, f"max_new_tokens is {max_new_tokens}; this server allows at most "
+                                f"{settings.max_new_tokens_cap}")
+        return Sampling(temperature, top_p, top_k, max_new_tokens, seed)
+
+
+def _optional_text(value: str | None) -> str | None:
+    return value.strip() or None if isinstance(value, str) else value
+
+
+def _requested_device_name() -> str:
+    try:
+        return str(resolve_device(settings.device))
+    except ValueError:
+        return settings.device
+
+
+def _response(text: str, speech: Speech) -> GenerateResponse:
+    wav = encode_wav(speech.samples)
+    return GenerateResponse(
+        audio_base64=base64.b64encode(wav).decode(),
+        text=text,
+        sampling_rate=SAMPLE_RATE,
+        duration=duration_seconds(speech.samples),
+        usage=Usage(prompt_tokens=speech.prompt_tokens, completion_tokens=speech.completion_tokens,
+                    total_tokens=speech.prompt_tokens + speech.completion_tokens),
+        finish_reason=speech.finish_reason,
+    )
+
+
+HiggsAudio.add_asgi_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, upload_path=UPLOAD_ROUTE,
+                               max_upload_bytes=settings.max_upload_bytes + 64 * 1024)
+HiggsAudio.add_asgi_middleware(ErrorContract)
