@@ -12,7 +12,6 @@ QUIET_INDEX := grep -v "is ignored: it is neither a file nor a directory" || tru
 
 setup:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip==25.3 2>&1 | $(QUIET_INDEX)
 	$(PY) -m pip install --quiet -r requirements.lock -e . 2>&1 | $(QUIET_INDEX)
 	$(PY) -c "import torch, torchaudio, transformers, bentoml; print('ready: torch', torch.__version__, '| transformers', transformers.__version__, '| bentoml', bentoml.__version__)"
 

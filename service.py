@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import logging
+import tempfile
 import threading
 from pathlib import Path
 
@@ -177,7 +178,7 @@ class HiggsAudio:
     async def upload_voice(self, file: Path, name: FormText = None, description: FormText = None,
                            transcript: FormText = None) -> VoiceInfo:
         """Stores a reference voice (WAV, MP3 or FLAC); it is listed and usable at once."""
-        name = _optional_text(name) or Path(file).stem
+        name = _optional_text(name) or Path(_uploaded_filename(file)).stem
         self.voices.check_new_name(name)
         data = Path(file).read_bytes()
         if len(data) > settings.max_upload_bytes:
@@ -205,6 +206,12 @@ class HiggsAudio:
 
 def _optional_text(value: str | None) -> str | None:
     return value.strip() or None if isinstance(value, str) else value
+
+
+def _uploaded_filename(path: Path) -> str:
+    # BentoML stores an upload as tempfile.NamedTemporaryFile(suffix=<client's file name>): "tmp" + 8 random
+    # characters + that name.
+    return path.name[len(tempfile.gettempprefix()) + 8:]
 
 
 def _requested_device_name() -> str:
