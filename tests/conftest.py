@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from paths import REPO_DIR, VOICE_PROMPTS_DIR
+from runtime_fixtures import reference_clips, tiny_model  # noqa: F401  (fixtures shared by the unit tests)
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 

@@ -1,0 +1,86 @@
+"""The prompt builder against the golden renderings and against transformers' own processor."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from transformers import DacFeatureExtractor, HiggsAudioV2Processor
+
+from higgs_runtime import prompts
+from paths import SHARED_DIR
+
+VECTORS = json.loads((SHARED_DIR / "docs" / "prompt-vectors.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("name", sorted(VECTORS))
+def test_render_reproduces_every_golden_vector(name):
+    assert prompts.render(VECTORS[name]["messages"]) == VECTORS[name]["rendered"]
+
+
+def _scene(messages):
+    return next((m["content"] for m in messages if m["role"] == "scene"), None)
+
+
+def test_mode_builders_produce_the_golden_conversations():
+    plain = prompts.plain_messages("Hello, world!", "조용한 방에서 녹음된 오디오입니다.")
+    assert prompts.render(plain) == VECTORS["generate_with_scene"]["rendered"]
+    plain = prompts.plain_messages("안녕하세요, 이것은 음성으로 변환할 샘플 텍스트입니다.", None)
+    assert prompts.render(plain) == VECTORS["generate_no_scene"]["rendered"]
+    for name, scene in (("voice_clone_no_scene", None), ("voice_clone_with_scene", "Audio is recorded from a quiet room.")):
+        clone = prompts.clone_messages("This is the cloned voice speaking.", "Twas the night before my birthday.", scene)
+        assert prompts.render(clone) == VECTORS[name]["rendered"]
+    dialogue = "[SPEAKER0] Hi! How are you today?\n[SPEAKER1] I'm well, thanks for asking!"
+    no_voices = prompts.multi_speaker_messages(dialogue, "A friendly chat in a cafe.", 0)
+    assert prompts.render(no_voices) == VECTORS["multi_speaker_no_refs"]["rendered"]
+    voiced = prompts.multi_speaker_messages(dialogue, "A friendly chat in a cafe.", 2)
+    assert prompts.render(voiced) == VECTORS["multi_speaker_with_refs"]["rendered"]
+
+
+def test_voiced_dialogue_without_scene_uses_the_quiet_room():
+    messages = prompts.multi_speaker_messages("[SPEAKER0] a", None, 1)
+    assert _scene(messages)[0]["text"] == prompts.DEFAULT_VOICED_SCENE
+
+
+def test_clone_without_transcript_uses_a_neutral_user_turn():
+    messages = prompts.clone_messages("Say this.", None, None)
+    assert messages[1] == {"role": "user", "content": [{"type": "text", "text": prompts.UNKNOWN_TRANSCRIPT}]}
+
+
+@pytest.mark.parametrize("text,count", [("[SPEAKER0] a [SPEAKER1] b [SPEAKER0] c", 2), ("[SPEAKER2] x", 3), ("none", 0)])
+def test_speaker_count(text, count):
+    assert prompts.speaker_count(text) == count
+
+
+def test_special_token_ids_are_the_real_ones(tiny_model):
+    tokenizer = tiny_model.tokenizer
+    expected = {"<|begin_of_text|>": 128000, "<|end_of_text|>": 128001, "<|start_header_id|>": 128006,
+                "<|end_header_id|>": 128007, "<|eot_id|>": 128009, "<|audio_bos|>": 128011, "<|audio_eos|>": 128012,
+                "<|audio_out_bos|>": 128013, "<|reserved_special_token_6|>": 128014, "<|AUDIO|>": 128015,
+                "<|AUDIO_OUT|>": 128016, "<|scene_desc_start|>": 128018, "<|scene_desc_end|>": 128019,
+                "<SE>": 128022, "</SE>": 128023, "<SE_s>": 128024, "</SE_s>": 128025, "<SE_e>": 128026, "</SE_e>": 128027}
+    assert {token: tokenizer.convert_tokens_to_ids(token) for token in expected} == expected
+    ids = tokenizer.encode(VECTORS["voice_clone_no_scene"]["rendered"], add_special_tokens=False)
+    assert ids[0] == 128000 and ids[-1] == 128013 and ids.count(128016) == 1
+    assert tokenizer.decode(ids) == VECTORS["voice_clone_no_scene"]["rendered"]
+
+
+@pytest.mark.parametrize("voices", [1, 2])
+def test_tokenize_matches_the_transformers_processor(tiny_model, reference_clips, voices):
+    """Token ids and audio frames equal what HiggsAudioV2Processor builds from the same text and audio."""
+    processor = HiggsAudioV2Processor(feature_extractor=DacFeatureExtractor(sampling_rate=24000, hop_length=960),
+                                      tokenizer=tiny_model.tokenizer, audio_tokenizer=tiny_model.codec)
+    clips = reference_clips[:voices]
+    messages = prompts.multi_speaker_messages("[SPEAKER0] Hi [SPEAKER1] Yo", "A cafe.", voices) if voices == 2 else \
+        prompts.clone_messages("Say this.", "A transcript.", None)
+    expected = processor(text=prompts.render(messages), audio=list(clips), return_tensors="pt")
+    codes = [tiny_model.codec_wrapper.encode(clip) for clip in clips]
+    prompt = prompts.tokenize(messages, codes, tiny_model.tokenizer, tiny_model.config)
+    assert prompt.input_ids == expected["input_ids"][0].tolist()
+    assert np.array_equal(prompt.audio_frames, expected["audio_input_ids"][0].numpy())
+
+
+def test_tokenize_refuses_a_missing_clip(tiny_model):
+    with pytest.raises(ValueError):
+        prompts.tokenize(prompts.clone_messages("x", "y", None), [], tiny_model.tokenizer, tiny_model.config)
