@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .streaming import StreamingConfig
+
 DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
 DEFAULT_AUDIO_TOKENIZER = "bosonai/higgs-audio-v2-tokenizer"
 TINY_RANDOM = "tiny-random"
@@ -52,6 +54,9 @@ class Settings:
     request_timeout_s: float = 600.0
     # Audio still going after this multiple of the time its text could plausibly take is cut (0: off).
     runaway_guard_multiple: float = 2.0
+    # Streaming: frames of audio in the first chunk (0.4 s at the default) and in each later one.
+    stream_first_chunk_frames: int = 10
+    stream_chunk_frames: int = 25
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -72,12 +77,19 @@ class Settings:
 
     def validate(self) -> None:
         positive = ("max_text_chars", "max_new_tokens_cap", "max_request_bytes", "max_upload_bytes",
-                    "max_batch_size", "max_queue_size", "max_seq_len", "ras_window")
+                    "max_batch_size", "max_queue_size", "max_seq_len", "stream_first_chunk_frames",
+                    "stream_chunk_frames")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"HIGGS_{name.upper()} must be positive")
+        if self.ras_window < 0 or self.ras_max_repeat < 1:
+            raise ValueError("HIGGS_RAS_WINDOW must be >= 0 (0 turns RAS off) and HIGGS_RAS_MAX_REPEAT >= 1")
         if not 0 < self.min_reference_seconds < self.max_reference_seconds:
             raise ValueError("HIGGS_MIN_REFERENCE_SECONDS must be positive and below HIGGS_MAX_REFERENCE_SECONDS")
+
+    @property
+    def streaming(self) -> StreamingConfig:
+        return StreamingConfig(first_chunk_frames=self.stream_first_chunk_frames, chunk_frames=self.stream_chunk_frames)
 
     @property
     def uploads_dir(self) -> Path:

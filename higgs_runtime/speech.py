@@ -15,10 +15,11 @@ import numpy as np
 from . import prompts
 from .codec import Codec
 from .config import Settings
-from .engine.requests import GenerationRequest
+from .engine.requests import GenerationRequest, GenerationResult, RequestHandle
 from .engine.sampling import SamplingParams
 from .engine.scheduler import Scheduler
 from .loading import LoadedModel
+from .streaming import StreamingDecoder
 from .voices import VoiceStore
 
 FRAMES_PER_SECOND = 25
@@ -107,8 +108,8 @@ class Synthesizer:
         return prompt
 
     # --- generation ---
-    async def generate(self, prompt: prompts.Prompt, text: str, sampling: Sampling) -> Speech:
-        request = GenerationRequest(
+    def _submit(self, prompt: prompts.Prompt, text: str, sampling: Sampling) -> RequestHandle:
+        return self.scheduler.submit(GenerationRequest(
             prompt=prompt,
             sampling=SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                                     seed=sampling.seed, ras_window=self.settings.ras_window,
@@ -116,15 +117,46 @@ class Synthesizer:
             max_new_frames=sampling.max_new_tokens,
             guard_frames=runaway_guard_frames(text, self.settings.runaway_guard_multiple),
             timeout_s=self.settings.request_timeout_s,
-        )
-        handle = self.scheduler.submit(request)
+        ))
+
+    async def generate(self, prompt: prompts.Prompt, text: str, sampling: Sampling) -> Speech:
+        handle = self._submit(prompt, text, sampling)
         try:
             result = await handle.wait()
         finally:
             handle.cancel()  # no-op once finished; frees the slot if the client went away
+        self._raise_if_failed(result)
+        samples = await asyncio.to_thread(self.codec.decode_frames, result.frames)
+        return Speech(samples, result.finish_reason, result.prompt_tokens, result.steps)
+
+    def stream(self, prompt: prompts.Prompt, text: str, sampling: Sampling) -> "SpeechStream":
+        """Queues the request now (so a full queue fails before any byte is sent); audio comes by iterating."""
+        decoder = StreamingDecoder(self.codec, self.loaded.config.num_codebooks, self.settings.streaming)
+        return SpeechStream(self._submit(prompt, text, sampling), decoder, self._raise_if_failed)
+
+    def _raise_if_failed(self, result: GenerationResult) -> None:
         if result.finish_reason == "timeout":
             raise GenerationFailed(f"generation did not finish within {self.settings.request_timeout_s:g} s")
         if result.finish_reason == "error":
             raise GenerationFailed(result.error or "generation failed")
-        samples = await asyncio.to_thread(self.codec.decode_frames, result.frames)
-        return Speech(samples, result.finish_reason, result.prompt_tokens, result.steps)
+
+
+class SpeechStream:
+    """Audio chunks (24 kHz float32) as the engine produces frames; `result` is set once iteration ends."""
+
+    def __init__(self, handle: RequestHandle, decoder: StreamingDecoder, check):
+        self._handle, self._decoder, self._check = handle, decoder, check
+        self.result: GenerationResult | None = None
+
+    async def __aiter__(self):
+        try:
+            async for frame in self._handle.frames():
+                if self._decoder.push(frame):
+                    yield await asyncio.to_thread(self._decoder.take)
+            self.result = self._handle.result(timeout=0)
+            self._check(self.result)
+            tail = await asyncio.to_thread(self._decoder.finish)
+            if len(tail):
+                yield tail
+        finally:
+            self._handle.cancel()

@@ -1,0 +1,67 @@
+"""The streaming primitive: chunks as frames are produced, equal to the one-shot decode."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from higgs_runtime.config import Settings
+from higgs_runtime.speech import Sampling, Synthesizer
+from higgs_runtime.streaming import StreamingConfig, StreamingDecoder
+from higgs_runtime.voices import CATALOG_PATH, VoiceStore
+
+# Concatenated chunks match the one-shot decode to this many times the audio's peak (float rounding).
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def synthesizer(tiny_model, tmp_path_factory):
+    data = tmp_path_factory.mktemp("stream-data")
+    voices = VoiceStore(CATALOG_PATH, data / "presets", data / "voices")
+    synth = Synthesizer(tiny_model.loaded, voices, Settings(device="cpu", runaway_guard_multiple=0))
+    yield synth
+    synth.close()
+
+
+async def collect(stream):
+    chunks, arrival = [], []
+    started = time.monotonic()
+    async for chunk in stream:
+        chunks.append(chunk)
+        arrival.append(time.monotonic() - started)
+    return chunks, arrival, time.monotonic() - started
+
+
+@pytest.mark.parametrize("temperature,seed", [(0.0, 0), (0.9, 5)])
+def test_streamed_audio_equals_the_one_shot_audio(synthesizer, temperature, seed):
+    prompt = synthesizer.plain_prompt("Streaming should sound the same as one shot.", None)
+    sampling = Sampling(temperature=temperature, top_p=0.95, top_k=50, max_new_tokens=150, seed=seed)
+    one_shot = asyncio.run(synthesizer.generate(prompt, "x", sampling))
+    stream = synthesizer.stream(prompt, "x", sampling)
+    chunks, _, _ = asyncio.run(collect(stream))
+    streamed = np.concatenate(chunks)
+    assert len(chunks) >= 3
+    assert stream.result.finish_reason == one_shot.finish_reason
+    assert len(streamed) == len(one_shot.samples)
+    peak = np.abs(one_shot.samples).max()
+    assert np.abs(streamed - one_shot.samples).max() <= TOLERANCE * peak
+
+
+def test_first_chunk_comes_early_and_is_short(synthesizer):
+    prompt = synthesizer.plain_prompt("An early first chunk.", None)
+    sampling = Sampling(temperature=0.7, top_p=0.95, top_k=50, max_new_tokens=300, seed=2)  # runs to the cap
+    stream = synthesizer.stream(prompt, "x", sampling)
+    chunks, arrival, total = asyncio.run(collect(stream))
+    assert stream.result.finish_reason == "length"
+    config = StreamingConfig()
+    assert len(chunks[0]) == config.first_chunk_frames * 960
+    assert all(len(chunk) == config.chunk_frames * 960 for chunk in chunks[1:-1])
+    assert arrival[0] < 0.3 * total
+
+
+def test_decoder_with_no_frames_yields_nothing(tiny_model):
+    decoder = StreamingDecoder(tiny_model.codec_wrapper, 8)
+    assert len(decoder.finish()) == 0
