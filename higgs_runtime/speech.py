@@ -16,7 +16,7 @@ from . import prompts
 from .codec import Codec
 from .config import Settings
 from .engine.requests import GenerationRequest, GenerationResult, RequestHandle
-from .engine.sampling import SamplingParams
+from .engine.sampling import RepetitionAware, SamplingParams
 from .engine.scheduler import Scheduler
 from .loading import LoadedModel
 from .streaming import StreamingDecoder
@@ -66,7 +66,7 @@ class Synthesizer:
         self.settings = settings
         self.codec = Codec(loaded.codec, loaded.device)
         self.scheduler = Scheduler(loaded.model, settings.max_batch_size, settings.max_queue_size,
-                                   settings.max_seq_len)
+                                   settings.max_seq_len, RepetitionAware(settings.ras_window, settings.ras_max_repeat))
         self.scheduler.start()
 
     def close(self) -> None:
@@ -112,8 +112,7 @@ class Synthesizer:
         return self.scheduler.submit(GenerationRequest(
             prompt=prompt,
             sampling=SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                                    seed=sampling.seed, ras_window=self.settings.ras_window,
-                                    ras_max_repeat=self.settings.ras_max_repeat),
+                                    seed=sampling.seed),
             max_new_frames=sampling.max_new_tokens,
             guard_frames=runaway_guard_frames(text, self.settings.runaway_guard_multiple),
             timeout_s=self.settings.request_timeout_s,
@@ -150,7 +149,7 @@ class SpeechStream:
 
     async def __aiter__(self):
         try:
-            async for frame in self._handle.frames():
+            async for frame in self._handle.frames(wanted=self._decoder.frames_until_chunk):
                 if self._decoder.push(frame):
                     yield await asyncio.to_thread(self._decoder.take)
             self.result = self._handle.result(timeout=0)

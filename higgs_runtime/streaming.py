@@ -35,6 +35,12 @@ class StreamingDecoder:
         due = self.config.first_chunk_frames if self._emitted == 0 else self.config.chunk_frames
         return self._safe_frames() - self._emitted >= due
 
+    def frames_until_chunk(self) -> int:
+        """How many more generated frames the next chunk needs."""
+        due = self.config.first_chunk_frames if self._emitted == 0 else self.config.chunk_frames
+        needed = self._emitted + due + self.config.lookahead_frames + self.num_codebooks - 1
+        return max(1, needed - len(self._generated))
+
     def take(self) -> np.ndarray:
         """The audio that can no longer change, 24 kHz float32."""
         return self._decode_until(self._safe_frames())

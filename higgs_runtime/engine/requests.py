@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,13 @@ class GenerationResult:
     prompt_tokens: int
     steps: int  # decoding steps the model ran, stream begin/end frames included
     error: str | None = None
+
+
+@dataclass
+class _AsyncWaiter:
+    loop: asyncio.AbstractEventLoop
+    event: asyncio.Event
+    wake_at: float = 1  # wake once this many frames exist, or the request has finished
 
 
 @dataclass
@@ -76,9 +84,10 @@ class RequestHandle:
     def _notify(self) -> None:
         with self._lock:
             self._lock.notify_all()
-            waiters = list(self._async_waiters)
-        for loop, event in waiters:
-            loop.call_soon_threadsafe(event.set)
+            count, finished = len(self._frames), self._finish_reason is not None
+            due = [w for w in self._async_waiters if (finished or count >= w.wake_at) and not w.event.is_set()]
+        for waiter in due:
+            waiter.loop.call_soon_threadsafe(waiter.event.set)
 
     # --- caller side ---
     @property
@@ -100,20 +109,22 @@ class RequestHandle:
         return self._result()
 
     async def wait(self) -> GenerationResult:
-        async for _ in self.frames():
+        """The result, waking this coroutine once, when the request finishes."""
+        async for _ in self.frames(wanted=lambda: math.inf):
             pass
         return self._result()
 
-    async def frames(self):
-        """Yields each frame as the scheduler produces it, until the request finishes."""
-        event = asyncio.Event()
-        waiter = (asyncio.get_running_loop(), event)
+    async def frames(self, wanted=lambda: 1):
+        """Yields each frame as the scheduler produces it, until the request finishes. `wanted()` says
+        how many more frames are worth waking up for: waking the event loop for every frame costs
+        the decode thread time on a small machine."""
+        waiter = _AsyncWaiter(asyncio.get_running_loop(), asyncio.Event())
         with self._lock:
             self._async_waiters.append(waiter)
         seen = 0
         try:
             while True:
-                event.clear()
+                waiter.event.clear()
                 new, reason = self.snapshot(seen)
                 for frame in new:
                     yield frame
@@ -121,7 +132,9 @@ class RequestHandle:
                 if reason is not None and not new:
                     return
                 if not new:
-                    await event.wait()
+                    waiter.wake_at = seen + max(1, wanted())
+                    if len(self._frames) < waiter.wake_at and not self.done:
+                        await waiter.event.wait()
         finally:
             with self._lock:
                 self._async_waiters.remove(waiter)

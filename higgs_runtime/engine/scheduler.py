@@ -14,7 +14,7 @@ import torch
 
 from .batched_model import BatchedModel
 from .requests import GenerationRequest, QueueFull, RequestHandle
-from .sampling import FrameSampler
+from .sampling import RepetitionAware, SlotSampler
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +23,18 @@ log = logging.getLogger(__name__)
 class _Running:
     handle: RequestHandle
     slot: int
-    sampler: FrameSampler
     last_frame: torch.Tensor
     steps: int = 0
 
 
 class Scheduler:
-    def __init__(self, model, max_batch_size: int, max_queue_size: int, max_seq_len: int):
+    def __init__(self, model, max_batch_size: int, max_queue_size: int, max_seq_len: int,
+                 ras: RepetitionAware = RepetitionAware()):
         self.batched = BatchedModel(model, max_batch_size, max_seq_len)
         self.config = model.config
+        self.sampler = SlotSampler(max_batch_size, self.config.num_codebooks, self.config.codebook_size,
+                                   self.config.audio_stream_bos_id, self.config.audio_stream_eos_id, ras,
+                                   self.batched.device)
         self.max_queue_size = max_queue_size
         self._waiting: collections.deque[RequestHandle] = collections.deque()
         self._running: list[_Running] = []
@@ -108,23 +111,23 @@ class Scheduler:
         prompt, config = handle.request.prompt, self.config
         audio = torch.from_numpy(prompt.audio_frames)
         logits = self.batched.prefill(slot, prompt.input_ids, audio)
-        sampler = FrameSampler(handle.request.sampling, config.num_codebooks, config.audio_stream_bos_id,
-                               config.audio_stream_eos_id, audio, self.batched.device)
-        running = _Running(handle, slot, sampler, last_frame=None)
+        self.sampler.start(slot, handle.request.sampling, audio)
+        running = _Running(handle, slot, last_frame=None)
         self._running.append(running)
-        self._accept(running, logits)
+        self._accept([running], logits[None])
 
     def _decode_step(self) -> None:
         batch = list(self._running)
         frames = torch.stack([r.last_frame for r in batch])
-        logits = self.batched.decode([r.slot for r in batch], frames)
-        for running, frame_logits in zip(batch, logits):
-            self._accept(running, frame_logits)
+        self._accept(batch, self.batched.decode([r.slot for r in batch], frames))
 
-    def _accept(self, running: _Running, logits: torch.Tensor) -> None:
-        """Samples the request's next frame and decides whether it goes on."""
+    def _accept(self, batch: list[_Running], logits: torch.Tensor) -> None:
+        frames = self.sampler.next_frames([r.slot for r in batch], logits)
+        for running, frame in zip(batch, frames):
+            self._continue_or_finish(running, frame)
+
+    def _continue_or_finish(self, running: _Running, frame: torch.Tensor) -> None:
         handle, request = running.handle, running.handle.request
-        frame = running.sampler.next_frame(logits)
         running.steps += 1
         handle.steps = running.steps
         eos = self.config.audio_stream_eos_id
@@ -140,7 +143,7 @@ class Scheduler:
             self._finish(running, "timeout")
         elif running.steps >= request.max_new_frames or self.batched.capacity_left(running.slot) <= 0:
             self._finish(running, "length")
-        elif running.steps >= request.guard_frames and not running.sampler.ending:
+        elif running.steps >= request.guard_frames and not bool(self.sampler.ending[running.slot]):
             self._finish(running, "guard")
 
     def _finish(self, running: _Running, reason: str, error: str | None = None) -> None:
