@@ -73,7 +73,9 @@ def json_errors(api):
 
 @bentoml.service(
     name="higgs_audio",
-    traffic={"timeout": int(settings.request_timeout_s) + 30, "max_concurrency": settings.max_batch_size + settings.max_queue_size},
+    # No BentoML max_concurrency: the engine's bounded queue answers 429 with a useful detail. The traffic
+    # timeout stays above the engine's own request timeout, which reports itself.
+    traffic={"timeout": int(settings.request_timeout_s) + 30},
     workers=1,
 )
 @bentoml.asgi_app(http_app, path="/")
