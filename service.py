@@ -7,26 +7,35 @@ import functools
 import logging
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import bentoml
-from fastapi import FastAPI
-from starlette.responses import JSONResponse
+from fastapi import FastAPI, Request
+from pydantic import ValidationError
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from higgs_runtime import __version__
-from higgs_runtime.audio import SAMPLE_RATE, AudioInputError, decode_audio, decode_base64_audio, duration_seconds, encode_wav
+from higgs_runtime.audio import SAMPLE_RATE, AudioInputError, decode_audio, decode_base64_audio, duration_seconds
 from higgs_runtime.config import Settings
+from higgs_runtime.encoding import FORMATS, encode
 from higgs_runtime.engine.requests import QueueFull
-from higgs_runtime.http_middleware import BodySizeLimit, ErrorContract
+from higgs_runtime.http_middleware import ApiKeyAuth, BodySizeLimit, ErrorContract, RequestId, RequestIdLogFilter
+from higgs_runtime.http_streams import audio_bytes, sse_events
 from higgs_runtime.loading import BackgroundLoader, resolve_device
-from higgs_runtime.schemas import (FormText, GenerateResponse, Health, MaxNewTokens, ScenePrompt, Seed, Temperature,
-                                   Text, TopK, TopP, Usage, VoiceInfo, VoiceSummary)
-from higgs_runtime.speech import GenerationFailed, InvalidRequest, Sampling, Speech, Synthesizer
-from higgs_runtime.voices import CATALOG_PATH, VoiceError, VoiceExists, VoiceStore, fetch_presets, load_catalog
+from higgs_runtime.schemas import (OPENAI_MODEL_NAMES, FormText, GenerateResponse, Health, MaxNewTokens,
+                                   ResponseFormat, ScenePrompt, Seed, SpeechRequest, Temperature, Text, TopK, TopP,
+                                   Usage, VoiceInfo, VoiceSummary)
+from higgs_runtime.speech import GenerationFailed, InvalidRequest, Sampling, Speech, SpeechPlan, Synthesizer
+from higgs_runtime.voices import (CATALOG_PATH, PresetNotDeletable, Voice, VoiceError, VoiceExists, VoiceNotFound,
+                                  VoiceStore, fetch_presets, load_catalog)
 
 log = logging.getLogger("higgs_audio.service")
+for name in ("higgs_audio", "higgs_runtime"):
+    logging.getLogger(name).addFilter(RequestIdLogFilter())
 settings = Settings.from_env()
 UPLOAD_ROUTE = "/upload-voice"
+OPEN_PATHS = frozenset({"/health", "/livez", "/readyz"})
 TINY_RANDOM_NOTE = "tiny-random is a tiny randomly initialised model for offline testing: it produces noise, not speech"
 
 http_app = FastAPI(title="Higgs Audio v2 server")
@@ -52,21 +61,25 @@ def _status_for(exc: Exception) -> int | None:
     return None
 
 
-def json_errors(api):
-    """Our errors become `{"detail": ...}` with their status; anything else is a logged 500."""
+def _error_response(exc: Exception, where: str) -> JSONResponse:
+    status = _status_for(exc)
+    if status is None:
+        log.exception("internal error in %s", where)
+        return JSONResponse({"detail": "internal server error; the server log has the details"}, 500)
+    if status >= 500:
+        log.error("%s failed: %s", where, exc)
+    return JSONResponse({"detail": getattr(exc, "detail", str(exc))}, status)
 
-    @functools.wraps(api)
+
+def json_errors(route):
+    """Our errors become `{"detail": ...}` with their status (reshaped under /v1/); anything else is a logged 500."""
+
+    @functools.wraps(route)
     async def wrapper(*args, **kwargs):
         try:
-            return await api(*args, **kwargs)
+            return await route(*args, **kwargs)
         except Exception as exc:
-            status = _status_for(exc)
-            if status is None:
-                log.exception("internal error in %s", api.__name__)
-                return JSONResponse({"detail": "internal server error; the server log has the details"}, 500)
-            if status >= 500:
-                log.error("%s failed: %s", api.__name__, exc)
-            return JSONResponse({"detail": getattr(exc, "detail", str(exc))}, status)
+            return _error_response(exc, route.__name__)
 
     return wrapper
 
@@ -81,7 +94,9 @@ def json_errors(api):
 @bentoml.asgi_app(http_app, path="/")
 class HiggsAudio:
     def __init__(self) -> None:
-        self.settings = settings
+        from higgs_runtime.metrics import ServiceMetrics
+
+        self.metrics = ServiceMetrics()
         self.voices = VoiceStore(CATALOG_PATH, settings.presets_dir, settings.uploads_dir)
         self.synthesizer: Synthesizer | None = None
         threading.Thread(target=self._fetch_missing_presets, name="preset-fetch", daemon=True).start()
@@ -96,7 +111,7 @@ class HiggsAudio:
         self.voices.refresh()
 
     def _on_model_ready(self, loaded) -> None:
-        self.synthesizer = Synthesizer(loaded, self.voices, settings)
+        self.synthesizer = Synthesizer(loaded, self.voices, settings, on_load_change=self.metrics.observe_engine)
 
     def _ready_synthesizer(self) -> Synthesizer:
         if self.loader.status == "failed":
@@ -105,7 +120,7 @@ class HiggsAudio:
             raise ApiError(503, "the model is still loading; retry in a moment (GET /health shows progress)")
         return self.synthesizer
 
-    # --- GET routes (BentoML APIs are POST only) ---
+    # --- health and voices (GET and DELETE routes: BentoML APIs are POST only) ---
     @http_app.get("/health", response_model=Health)
     def health(self) -> Health:
         status = {"ready": "healthy", "loading": "loading", "failed": "unhealthy"}[self.loader.status]
@@ -119,18 +134,43 @@ class HiggsAudio:
     def list_voices(self) -> list[VoiceSummary]:
         return [VoiceSummary(name=v.name, description=v.description) for v in self.voices.list()]
 
-    # --- generation ---
+    @http_app.get("/voices/{name}", response_model=VoiceInfo)
+    async def voice_info(self, name: str):
+        try:
+            return _voice_info(self.voices.get(name))
+        except VoiceNotFound as exc:
+            return JSONResponse({"detail": str(exc)}, 404)
+
+    @http_app.get("/voices/{name}/audio")
+    async def voice_audio(self, name: str):
+        try:
+            voice = self.voices.get(name)
+        except VoiceNotFound as exc:
+            return JSONResponse({"detail": str(exc)}, 404)
+        return FileResponse(voice.audio_path, media_type="audio/wav", filename=f"{voice.name}.wav")
+
+    @http_app.delete("/voices/{name}")
+    async def delete_voice(self, name: str):
+        try:
+            self.voices.delete(name)
+        except VoiceNotFound as exc:
+            return JSONResponse({"detail": str(exc)}, 404)
+        except PresetNotDeletable as exc:
+            return JSONResponse({"detail": str(exc)}, 403)
+        return Response(status_code=204)
+
+    # --- the seed's generation routes ---
     @bentoml.api(route="/generate")
     @json_errors
     async def generate(self, text: Text, temperature: Temperature = 0.7, top_p: TopP = 0.95, top_k: TopK = 50,
-                       max_new_tokens: MaxNewTokens = 1024, seed: Seed = None,
-                       scene_prompt: ScenePrompt = None) -> GenerateResponse:
+                       max_new_tokens: MaxNewTokens = 1024, seed: Seed = None, scene_prompt: ScenePrompt = None,
+                       response_format: ResponseFormat = "wav") -> GenerateResponse:
         """Text to speech; the model picks a voice."""
-        synthesizer = self._ready_synthesizer()
-        text, scene_prompt = self._checked_text(text), _optional_text(scene_prompt)
-        sampling = self._sampling(temperature, top_p, top_k, max_new_tokens, seed)
-        prompt = synthesizer.plain_prompt(text, scene_prompt)
-        return _response(text, await synthesizer.generate(prompt, text, sampling))
+        started, synthesizer = time.monotonic(), self._ready_synthesizer()
+        text, scene_prompt = _checked_text(text), _optional_text(scene_prompt)
+        sampling = _sampling(temperature, top_p, top_k, max_new_tokens, seed)
+        plan = synthesizer.plan_plain(text, scene_prompt)
+        return await self._respond(text, plan, sampling, response_format, started)
 
     @bentoml.api(route="/generate/voice-clone")
     @json_errors
@@ -138,41 +178,36 @@ class HiggsAudio:
                                    reference_audio: str | None = None, reference_text: str | None = None,
                                    temperature: Temperature = 0.7, top_p: TopP = 0.95, top_k: TopK = 50,
                                    max_new_tokens: MaxNewTokens = 1024, seed: Seed = None,
-                                   scene_prompt: ScenePrompt = None) -> GenerateResponse:
+                                   scene_prompt: ScenePrompt = None,
+                                   response_format: ResponseFormat = "wav") -> GenerateResponse:
         """Zero-shot voice cloning from a named voice or a base64 WAV/MP3/FLAC clip."""
-        synthesizer = self._ready_synthesizer()
-        text, scene_prompt = self._checked_text(text), _optional_text(scene_prompt)
-        sampling = self._sampling(temperature, top_p, top_k, max_new_tokens, seed)
+        started, synthesizer = time.monotonic(), self._ready_synthesizer()
+        text, scene_prompt = _checked_text(text), _optional_text(scene_prompt)
+        sampling = _sampling(temperature, top_p, top_k, max_new_tokens, seed)
         reference_voice, reference_audio = _optional_text(reference_voice), _optional_text(reference_audio)
         if (reference_voice is None) == (reference_audio is None):
             raise ApiError(400, "give exactly one of reference_voice (a voice name from GET /voices) "
                                 "or reference_audio (base64 WAV, MP3 or FLAC)")
-        if reference_voice is not None:
-            self.voices.get(reference_voice)
-            prompt = synthesizer.clone_prompt(text, scene_prompt, voice=reference_voice,
-                                              reference_text=_optional_text(reference_text))
-        else:
-            clip = decode_base64_audio(reference_audio, min_seconds=settings.min_reference_seconds,
-                                       max_seconds=settings.max_reference_seconds)
-            prompt = synthesizer.clone_prompt(text, scene_prompt, reference_audio=clip,
-                                              reference_text=_optional_text(reference_text))
-        return _response(text, await synthesizer.generate(prompt, text, sampling))
+        plan = self._clone_plan(synthesizer, text, scene_prompt, reference_voice, reference_audio,
+                                _optional_text(reference_text))
+        return await self._respond(text, plan, sampling, response_format, started)
 
     @bentoml.api(route="/generate/multi-speaker")
     @json_errors
     async def generate_multi_speaker(self, text: Text, reference_voices: list[str] | None = None,
                                      temperature: Temperature = 0.7, top_p: TopP = 0.95, top_k: TopK = 50,
                                      max_new_tokens: MaxNewTokens = 1024, seed: Seed = None,
-                                     scene_prompt: ScenePrompt = None) -> GenerateResponse:
+                                     scene_prompt: ScenePrompt = None,
+                                     response_format: ResponseFormat = "wav") -> GenerateResponse:
         """Dialogue from text tagged [SPEAKER0], [SPEAKER1], ...; reference_voices[i] voices SPEAKERi."""
-        synthesizer = self._ready_synthesizer()
-        text, scene_prompt = self._checked_text(text), _optional_text(scene_prompt)
-        sampling = self._sampling(temperature, top_p, top_k, max_new_tokens, seed)
+        started, synthesizer = time.monotonic(), self._ready_synthesizer()
+        text, scene_prompt = _checked_text(text), _optional_text(scene_prompt)
+        sampling = _sampling(temperature, top_p, top_k, max_new_tokens, seed)
         voices = reference_voices or []
         for name in voices:
             self.voices.get(name)
-        prompt = synthesizer.multi_speaker_prompt(text, scene_prompt, voices)
-        return _response(text, await synthesizer.generate(prompt, text, sampling))
+        plan = synthesizer.plan_multi_speaker(text, scene_prompt, voices)
+        return await self._respond(text, plan, sampling, response_format, started)
 
     # --- voices ---
     @bentoml.api(route=UPLOAD_ROUTE)
@@ -187,23 +222,100 @@ class HiggsAudio:
             raise ApiError(413, f"file is larger than the limit of {settings.max_upload_bytes // (1024 * 1024)} MiB")
         clip = decode_audio(data, min_seconds=settings.min_reference_seconds, max_seconds=settings.max_reference_seconds)
         voice = self.voices.add_upload(name, clip, _optional_text(description), _optional_text(transcript))
-        return VoiceInfo(name=voice.name, description=voice.description, kind=voice.kind,
-                         transcript=voice.transcript, duration=voice.duration, created=voice.created)
+        return _voice_info(voice)
+
+    # --- the OpenAI-compatible route ---
+    @http_app.post("/v1/audio/speech")
+    async def openai_speech(self, request: Request):
+        """OpenAI's speech API: audio bytes (streamed as produced) or server-sent events."""
+        started = time.monotonic()
+        try:
+            body = _openai_body(await request.body())
+            synthesizer = self._ready_synthesizer()
+            text = _checked_text(body.input)
+            sampling = _sampling(body.temperature, body.top_p, body.top_k, body.max_new_tokens, body.seed)
+            voice, reference_audio = body.voice_name, _optional_text(body.ref_audio)
+            scene_prompt = _optional_text(body.instructions)
+            if voice is not None and reference_audio is not None:
+                raise ApiError(400, "give either voice or ref_audio, not both")
+            if voice is None and reference_audio is None:
+                plan = synthesizer.plan_plain(text, scene_prompt)
+            else:
+                plan = self._clone_plan(synthesizer, text, scene_prompt, voice, reference_audio,
+                                        _optional_text(body.ref_text))
+            stream = synthesizer.stream(plan, sampling)
+        except Exception as exc:
+            return _error_response(exc, "openai_speech")
+
+        def done(speech: Speech) -> None:
+            self._observe(started, speech)
+
+        if body.stream_format == "sse":
+            return StreamingResponse(sse_events(stream, body.response_format, body.speed, done),
+                                     media_type="text/event-stream")
+        return StreamingResponse(audio_bytes(stream, body.response_format, body.speed, done),
+                                 media_type=FORMATS[body.response_format])
 
     # --- helpers ---
-    def _checked_text(self, text: str) -> str:
-        text = text.strip()
-        if not text:
-            raise ApiError(400, "text must not be empty")
-        if len(text) > settings.max_text_chars:
-            raise ApiError(400, f"text is {len(text)} characters long; the limit is {settings.max_text_chars}")
-        return text
+    def _clone_plan(self, synthesizer: Synthesizer, text: str, scene_prompt: str | None, voice: str | None,
+                    reference_audio: str | None, reference_text: str | None) -> SpeechPlan:
+        if voice is not None:
+            self.voices.get(voice)
+            return synthesizer.plan_clone(text, scene_prompt, voice=voice, reference_text=reference_text)
+        clip = decode_base64_audio(reference_audio, min_seconds=settings.min_reference_seconds,
+                                   max_seconds=settings.max_reference_seconds)
+        return synthesizer.plan_clone(text, scene_prompt, reference_audio=clip, reference_text=reference_text)
 
-    def _sampling(self, temperature, top_p, top_k, max_new_tokens, seed) -> Sampling:
-        if max_new_tokens > settings.max_new_tokens_cap:
-            raise ApiError(400, f"max_new_tokens is {max_new_tokens}; this server allows at most "
-                                f"{settings.max_new_tokens_cap}")
-        return Sampling(temperature, top_p, top_k, max_new_tokens, seed)
+    async def _respond(self, text: str, plan: SpeechPlan, sampling: Sampling, response_format: str,
+                       started: float) -> GenerateResponse:
+        speech = await self._ready_synthesizer().generate(plan, sampling)
+        self._observe(started, speech)
+        return GenerateResponse(
+            audio_base64=base64.b64encode(encode(speech.samples, response_format)).decode(),
+            text=text,
+            sampling_rate=SAMPLE_RATE,
+            duration=duration_seconds(speech.samples),
+            usage=Usage(prompt_tokens=speech.prompt_tokens, completion_tokens=speech.completion_tokens,
+                        total_tokens=speech.prompt_tokens + speech.completion_tokens),
+            finish_reason=speech.finish_reason,
+        )
+
+    def _observe(self, started: float, speech: Speech) -> None:
+        self.metrics.observe_request(started, speech.first_audio_at, speech.audio_seconds, speech.finish_reason)
+
+
+
+def _voice_info(voice: Voice) -> VoiceInfo:
+    return VoiceInfo(name=voice.name, description=voice.description, kind=voice.kind, transcript=voice.transcript,
+                     duration=voice.duration, created=voice.created)
+
+
+def _openai_body(raw: bytes) -> SpeechRequest:
+    try:
+        body = SpeechRequest.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}" for error in exc.errors())
+        raise ApiError(400, f"invalid request: {problems}") from None
+    if body.model not in OPENAI_MODEL_NAMES:
+        raise ApiError(400, f"model '{body.model}' is not served here; use one of {list(OPENAI_MODEL_NAMES)}")
+    return body
+
+
+def _checked_text(text: str) -> str:
+    text = text.strip()
+    if not text:
+        raise ApiError(400, "text must not be empty")
+    if len(text) > settings.max_text_chars:
+        raise ApiError(400, f"text is {len(text)} characters long; the limit is {settings.max_text_chars}")
+    return text
+
+
+def _sampling(temperature, top_p, top_k, max_new_tokens, seed) -> Sampling:
+    if max_new_tokens > settings.max_new_tokens_cap:
+        raise ApiError(400, f"max_new_tokens is {max_new_tokens}; this server allows at most "
+                            f"{settings.max_new_tokens_cap}")
+    return Sampling(temperature, top_p, top_k, max_new_tokens, seed)
 
 
 def _optional_text(value: str | None) -> str | None:
@@ -223,19 +335,9 @@ def _requested_device_name() -> str:
         return settings.device
 
 
-def _response(text: str, speech: Speech) -> GenerateResponse:
-    wav = encode_wav(speech.samples)
-    return GenerateResponse(
-        audio_base64=base64.b64encode(wav).decode(),
-        text=text,
-        sampling_rate=SAMPLE_RATE,
-        duration=duration_seconds(speech.samples),
-        usage=Usage(prompt_tokens=speech.prompt_tokens, completion_tokens=speech.completion_tokens,
-                    total_tokens=speech.prompt_tokens + speech.completion_tokens),
-        finish_reason=speech.finish_reason,
-    )
-
-
+# Outermost first: request ids on everything, then the error shapes, then keys and body limits.
+HiggsAudio.add_asgi_middleware(RequestId)
+HiggsAudio.add_asgi_middleware(ErrorContract)
+HiggsAudio.add_asgi_middleware(ApiKeyAuth, keys=settings.api_key_set(), open_paths=OPEN_PATHS)
 HiggsAudio.add_asgi_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, upload_path=UPLOAD_ROUTE,
                                max_upload_bytes=settings.max_upload_bytes + 64 * 1024)
-HiggsAudio.add_asgi_middleware(ErrorContract)

@@ -54,6 +54,12 @@ class Settings:
     request_timeout_s: float = 600.0
     # Audio still going after this multiple of the time its text could plausibly take is cut (0: off).
     runaway_guard_multiple: float = 2.0
+    # Long-form text: characters per generation chunk, and how many earlier chunks stay in context.
+    long_form_chunk_chars: int = 300
+    long_form_context_chunks: int = 2
+    # Optional API keys: a comma-separated list and/or a file with one key per line.
+    api_keys: str = ""
+    api_keys_file: str = ""
     # Streaming: frames of audio in the first chunk (0.4 s at the default) and in each later one.
     stream_first_chunk_frames: int = 10
     stream_chunk_frames: int = 25
@@ -77,7 +83,7 @@ class Settings:
 
     def validate(self) -> None:
         positive = ("max_text_chars", "max_new_tokens_cap", "max_request_bytes", "max_upload_bytes",
-                    "max_batch_size", "max_queue_size", "max_seq_len", "stream_first_chunk_frames",
+                    "max_batch_size", "max_queue_size", "max_seq_len", "stream_first_chunk_frames", "long_form_chunk_chars",
                     "stream_chunk_frames")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -86,6 +92,15 @@ class Settings:
             raise ValueError("HIGGS_RAS_WINDOW must be >= 0 (0 turns RAS off) and HIGGS_RAS_MAX_REPEAT >= 1")
         if not 0 < self.min_reference_seconds < self.max_reference_seconds:
             raise ValueError("HIGGS_MIN_REFERENCE_SECONDS must be positive and below HIGGS_MAX_REFERENCE_SECONDS")
+
+    def api_key_set(self) -> frozenset[str]:
+        keys = [key.strip() for key in self.api_keys.split(",")]
+        if self.api_keys_file:
+            try:
+                keys += [line.strip() for line in Path(self.api_keys_file).read_text().splitlines()]
+            except OSError as exc:
+                raise ValueError(f"HIGGS_API_KEYS_FILE cannot be read: {exc}") from exc
+        return frozenset(key for key in keys if key and not key.startswith("#"))
 
     @property
     def streaming(self) -> StreamingConfig:

@@ -60,6 +60,13 @@ def clone_messages(text: str, reference_transcript: str | None, scene_prompt: st
     return messages[:-1] + reference_turns + messages[-1:]
 
 
+def with_history(messages: list[dict], spoken_texts: list[str]) -> list[dict]:
+    """Inserts earlier chunks of a long text, each as a user turn and its generated audio as the
+    assistant's answer, before the final user turn (their clips follow the conversation's own)."""
+    history = [turn for text in spoken_texts for turn in (_message("user", _text(text)), _message("assistant", AUDIO_ITEM))]
+    return messages[:-1] + history + messages[-1:]
+
+
 def speaker_count(text: str) -> int:
     """Number of speakers a tagged dialogue needs: one past the highest `[SPEAKERi]` index."""
     indices = [int(match) for match in SPEAKER_TAG.findall(text)]

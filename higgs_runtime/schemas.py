@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 Text = Annotated[str, Field(description="Text to speak.")]
 Temperature = Annotated[float, Field(ge=0.0, le=2.0, description="Randomness, 0 to 2; 0 is greedy.")]
@@ -65,3 +65,38 @@ class Health(BaseModel):
     version: str
     error: str | None = None
     note: str | None = None
+
+
+# --- the OpenAI-compatible speech route -----------------------------------------------------------
+
+ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+OPENAI_MODEL_NAMES = ("higgs-audio-v2", "tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-tts")
+
+
+class VoiceId(BaseModel):
+    id: str
+
+
+class SpeechRequest(BaseModel):
+    """OpenAI's `POST /v1/audio/speech` body, plus our sampling and one-off cloning fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    input: str = Field(description="Text to speak.")
+    voice: str | VoiceId | None = Field(None, description="A voice from GET /voices; none lets the model choose.")
+    response_format: ResponseFormat = "mp3"
+    speed: float = Field(1.0, ge=0.25, le=4.0, description="Tempo; pitch is kept.")
+    instructions: str | None = Field(None, description="Becomes the scene description.")
+    stream_format: Literal["audio", "sse"] = "audio"
+    temperature: Temperature = 0.7
+    top_p: TopP = 0.95
+    top_k: TopK = 50
+    seed: Seed = None
+    max_new_tokens: MaxNewTokens = 1024
+    ref_audio: str | None = Field(None, description="Base64 WAV, MP3 or FLAC clip to clone (instead of voice).")
+    ref_text: str | None = Field(None, description="Transcript of ref_audio.")
+
+    @property
+    def voice_name(self) -> str | None:
+        return self.voice.id if isinstance(self.voice, VoiceId) else self.voice

@@ -1,5 +1,9 @@
 """One request's path from text to audio: voices and reference clips -> prompt -> engine -> waveform.
 
+Text longer than one generation chunk is split at natural boundaries and generated chunk by chunk,
+each with the previous chunks' audio in its context; without a voice, the first chunk's audio
+becomes the voice of the rest, so a long script keeps one voice.
+
 The API layer validates field ranges; this layer checks what needs the model or the voices, and
 raises `InvalidRequest` with a message a user can act on.
 """
@@ -8,21 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from . import prompts
+from .audio import SAMPLE_RATE
 from .codec import Codec
 from .config import Settings
+from .engine.delay_pattern import undo_delay_pattern
 from .engine.requests import GenerationRequest, GenerationResult, RequestHandle
 from .engine.sampling import RepetitionAware, SamplingParams
 from .engine.scheduler import Scheduler
 from .loading import LoadedModel
 from .streaming import StreamingDecoder
+from .text_chunks import split_for_generation
 from .voices import VoiceStore
 
 FRAMES_PER_SECOND = 25
+# The worst of the chunks' endings is the request's.
+_FINISH_SEVERITY = ("stop", "length", "guard")
 
 
 class InvalidRequest(ValueError):
@@ -38,7 +49,7 @@ class Sampling:
     temperature: float
     top_p: float
     top_k: int
-    max_new_tokens: int
+    max_new_tokens: int  # frames per chunk of text
     seed: int | None
 
 
@@ -48,9 +59,11 @@ class Speech:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    first_audio_at: float  # time.monotonic() when the first audio was ready
+    audio_seconds: float
 
 
-def runaway_guard_frames(text: str, multiple: float) -> int:
+def runaway_guard_frames(text: str, multiple: float) -> float:
     """Frames after which audio that has not ended counts as runaway: `multiple` times a generous
     estimate of how long the text can take to say (slow speech: 4 characters a second, plus 2 s)."""
     if multiple <= 0:
@@ -59,33 +72,73 @@ def runaway_guard_frames(text: str, multiple: float) -> int:
     return math.ceil(multiple * plausible_seconds * FRAMES_PER_SECOND)
 
 
+@dataclass
+class Conversation:
+    """The fixed part of a request's prompt: `build(text)` gives the messages for one chunk of text,
+    `codes` the clips of its audio items, in order."""
+
+    build: Callable[[str], list[dict]]
+    codes: list[np.ndarray]
+
+
+@dataclass
+class SpeechPlan:
+    """A request cut into chunks of text, and the audio codes of the chunks already generated."""
+
+    conversation: Conversation
+    chunks: list[str]
+    voice_from_first_chunk: bool
+    context_chunks: int
+    spoken: list[tuple[str, np.ndarray]] = field(default_factory=list)
+
+    def messages_and_codes(self, index: int) -> tuple[list[dict], list[np.ndarray]]:
+        conversation, history = self.conversation, self.spoken[:index]
+        if self.voice_from_first_chunk and history:
+            (first_text, first_codes), history = history[0], history[1:]
+            scene = conversation.build  # keeps the scene prompt of the original conversation
+            conversation = Conversation(lambda text: _as_clone(scene(text), first_text), [first_codes])
+        history = history[-self.context_chunks:] if self.context_chunks else []
+        messages = prompts.with_history(conversation.build(self.chunks[index]), [text for text, _ in history])
+        return messages, conversation.codes + [codes for _, codes in history]
+
+
+def _as_clone(plain: list[dict], reference_text: str) -> list[dict]:
+    """A plain conversation turned into a clone of the first chunk: its text, then its audio."""
+    reference = [{"role": "user", "content": [{"type": "text", "text": reference_text}]},
+                 {"role": "assistant", "content": [prompts.AUDIO_ITEM]}]
+    return plain[:-1] + reference + plain[-1:]
+
+
 class Synthesizer:
-    def __init__(self, loaded: LoadedModel, voices: VoiceStore, settings: Settings):
+    def __init__(self, loaded: LoadedModel, voices: VoiceStore, settings: Settings, on_load_change=None):
         self.loaded = loaded
         self.voices = voices
         self.settings = settings
         self.codec = Codec(loaded.codec, loaded.device)
         self.scheduler = Scheduler(loaded.model, settings.max_batch_size, settings.max_queue_size,
-                                   settings.max_seq_len, RepetitionAware(settings.ras_window, settings.ras_max_repeat))
+                                   settings.max_seq_len, RepetitionAware(settings.ras_window, settings.ras_max_repeat),
+                                   on_load_change)
         self.scheduler.start()
 
     def close(self) -> None:
         self.scheduler.stop()
 
-    # --- prompts per mode ---
-    def plain_prompt(self, text: str, scene_prompt: str | None) -> prompts.Prompt:
-        return self._tokenize(prompts.plain_messages(text, scene_prompt), [])
+    # --- plans per mode ---
+    def plan_plain(self, text: str, scene_prompt: str | None) -> SpeechPlan:
+        return self._plan(Conversation(lambda chunk: prompts.plain_messages(chunk, scene_prompt), []), text,
+                          voice_from_first_chunk=True)
 
-    def clone_prompt(self, text: str, scene_prompt: str | None, *, voice: str | None = None,
-                     reference_audio: np.ndarray | None = None, reference_text: str | None = None) -> prompts.Prompt:
+    def plan_clone(self, text: str, scene_prompt: str | None, *, voice: str | None = None,
+                   reference_audio: np.ndarray | None = None, reference_text: str | None = None) -> SpeechPlan:
         if voice is not None:
             codes = self.voice_codes(voice)
             reference_text = reference_text or self.voices.get(voice).transcript
         else:
             codes = self.codec.encode(reference_audio)
-        return self._tokenize(prompts.clone_messages(text, reference_text, scene_prompt), [codes])
+        conversation = Conversation(lambda chunk: prompts.clone_messages(chunk, reference_text, scene_prompt), [codes])
+        return self._plan(conversation, text)
 
-    def multi_speaker_prompt(self, text: str, scene_prompt: str | None, voices: list[str]) -> prompts.Prompt:
+    def plan_multi_speaker(self, text: str, scene_prompt: str | None, voices: list[str]) -> SpeechPlan:
         needed = prompts.speaker_count(text)
         if needed == 0:
             raise InvalidRequest("text has no [SPEAKER0], [SPEAKER1], ... tags; use /generate for a single voice")
@@ -94,68 +147,107 @@ class Synthesizer:
                 f"text uses {needed} speakers (up to [SPEAKER{needed - 1}]) but reference_voices has only "
                 f"{len(voices)}; give one voice per speaker or none")
         codes = [self.voice_codes(name) for name in voices]
-        return self._tokenize(prompts.multi_speaker_messages(text, scene_prompt, len(voices)), codes)
+        conversation = Conversation(lambda chunk: prompts.multi_speaker_messages(chunk, scene_prompt, len(voices)), codes)
+        return self._plan(conversation, text)
 
     def voice_codes(self, name: str) -> np.ndarray:
         return self.voices.cached_codes(name, self.loaded.codec_id, self.codec.encode)
 
-    def _tokenize(self, messages: list[dict], codes: list[np.ndarray]) -> prompts.Prompt:
+    def _plan(self, conversation: Conversation, text: str, voice_from_first_chunk: bool = False) -> SpeechPlan:
+        chunks = split_for_generation(text, self.settings.long_form_chunk_chars)
+        plan = SpeechPlan(conversation, chunks, voice_from_first_chunk, self.settings.long_form_context_chunks)
+        self._prompt(plan, 0)  # the first chunk's prompt must fit before anything is queued
+        return plan
+
+    def _prompt(self, plan: SpeechPlan, index: int) -> prompts.Prompt:
+        messages, codes = plan.messages_and_codes(index)
         prompt = prompts.tokenize(messages, codes, self.loaded.tokenizer, self.loaded.config)
-        room = self.settings.max_seq_len - prompt.num_tokens
-        if room <= 0:
+        if prompt.num_tokens >= self.settings.max_seq_len:
             raise InvalidRequest(f"the prompt is {prompt.num_tokens} tokens long (text and reference audio); "
                                  f"the server's limit is {self.settings.max_seq_len}")
         return prompt
 
     # --- generation ---
-    def _submit(self, prompt: prompts.Prompt, text: str, sampling: Sampling) -> RequestHandle:
+    def _submit(self, plan: SpeechPlan, index: int, sampling: Sampling) -> RequestHandle:
+        chunk_seed = None if sampling.seed is None else sampling.seed + index
         return self.scheduler.submit(GenerationRequest(
-            prompt=prompt,
+            prompt=self._prompt(plan, index),
             sampling=SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                                    seed=sampling.seed),
+                                    seed=chunk_seed),
             max_new_frames=sampling.max_new_tokens,
-            guard_frames=runaway_guard_frames(text, self.settings.runaway_guard_multiple),
+            guard_frames=runaway_guard_frames(plan.chunks[index], self.settings.runaway_guard_multiple),
             timeout_s=self.settings.request_timeout_s,
         ))
 
-    async def generate(self, prompt: prompts.Prompt, text: str, sampling: Sampling) -> Speech:
-        handle = self._submit(prompt, text, sampling)
-        try:
-            result = await handle.wait()
-        finally:
-            handle.cancel()  # no-op once finished; frees the slot if the client went away
-        self._raise_if_failed(result)
-        samples = await asyncio.to_thread(self.codec.decode_frames, result.frames)
-        return Speech(samples, result.finish_reason, result.prompt_tokens, result.steps)
+    async def generate(self, plan: SpeechPlan, sampling: Sampling) -> Speech:
+        audio, results = [], []
+        for index in range(len(plan.chunks)):
+            handle = self._submit(plan, index, sampling)
+            try:
+                result = await handle.wait()
+            finally:
+                handle.cancel()  # no-op once finished; frees the slot if the client went away
+            self._finish_chunk(plan, result)
+            audio.append(await asyncio.to_thread(self.codec.decode_frames, result.frames))
+            results.append(result)
+        samples = np.concatenate(audio)
+        return _speech(samples, results, time.monotonic(), len(samples) / SAMPLE_RATE)
 
-    def stream(self, prompt: prompts.Prompt, text: str, sampling: Sampling) -> "SpeechStream":
-        """Queues the request now (so a full queue fails before any byte is sent); audio comes by iterating."""
-        decoder = StreamingDecoder(self.codec, self.loaded.config.num_codebooks, self.settings.streaming)
-        return SpeechStream(self._submit(prompt, text, sampling), decoder, self._raise_if_failed)
+    def stream(self, plan: SpeechPlan, sampling: Sampling) -> "SpeechStream":
+        """Queues the first chunk now (so a full queue fails before any byte is sent); audio comes by
+        iterating the stream."""
+        return SpeechStream(self, plan, sampling, self._submit(plan, 0, sampling))
 
-    def _raise_if_failed(self, result: GenerationResult) -> None:
+    def _finish_chunk(self, plan: SpeechPlan, result: GenerationResult) -> None:
         if result.finish_reason == "timeout":
             raise GenerationFailed(f"generation did not finish within {self.settings.request_timeout_s:g} s")
-        if result.finish_reason == "error":
-            raise GenerationFailed(result.error or "generation failed")
+        if result.finish_reason in ("error", "cancelled"):
+            raise GenerationFailed(result.error or f"generation {result.finish_reason}")
+        plan.spoken.append((plan.chunks[len(plan.spoken)], undo_delay_pattern(result.frames, self.codec.codebook_size)))
+
+
+def _speech(samples: np.ndarray, results: list[GenerationResult], first_audio_at: float,
+            audio_seconds: float) -> Speech:
+    finish = max((r.finish_reason for r in results), key=_FINISH_SEVERITY.index)
+    return Speech(samples, finish, sum(r.prompt_tokens for r in results), sum(r.steps for r in results),
+                  first_audio_at, audio_seconds)
 
 
 class SpeechStream:
-    """Audio chunks (24 kHz float32) as the engine produces frames; `result` is set once iteration ends."""
+    """Audio chunks (24 kHz float32) as the engine produces frames, text chunk after text chunk;
+    `speech` (without samples) is set once iteration ends."""
 
-    def __init__(self, handle: RequestHandle, decoder: StreamingDecoder, check):
-        self._handle, self._decoder, self._check = handle, decoder, check
-        self.result: GenerationResult | None = None
+    def __init__(self, synthesizer: Synthesizer, plan: SpeechPlan, sampling: Sampling, first: RequestHandle):
+        self._synthesizer, self._plan, self._sampling, self._first = synthesizer, plan, sampling, first
+        self.first_audio_at: float | None = None
+        self.samples_sent = 0
+        self.speech: Speech | None = None
 
     async def __aiter__(self):
-        try:
-            async for frame in self._handle.frames(wanted=self._decoder.frames_until_chunk):
-                if self._decoder.push(frame):
-                    yield await asyncio.to_thread(self._decoder.take)
-            self.result = self._handle.result(timeout=0)
-            self._check(self.result)
-            tail = await asyncio.to_thread(self._decoder.finish)
-            if len(tail):
-                yield tail
-        finally:
-            self._handle.cancel()
+        synthesizer, results = self._synthesizer, []
+        handle = self._first
+        for index in range(len(self._plan.chunks)):
+            if index:
+                handle = synthesizer._submit(self._plan, index, self._sampling)
+            decoder = StreamingDecoder(synthesizer.codec, synthesizer.loaded.config.num_codebooks,
+                                       synthesizer.settings.streaming)
+            try:
+                async for frame in handle.frames(wanted=decoder.frames_until_chunk):
+                    if decoder.push(frame):
+                        yield self._sent(await asyncio.to_thread(decoder.take))
+                result = handle.result(timeout=0)
+                synthesizer._finish_chunk(self._plan, result)
+                tail = await asyncio.to_thread(decoder.finish)
+                if len(tail):
+                    yield self._sent(tail)
+            finally:
+                handle.cancel()
+            results.append(result)
+        self.speech = _speech(np.zeros(0, dtype=np.float32), results, self.first_audio_at or time.monotonic(),
+                              self.samples_sent / SAMPLE_RATE)
+
+    def _sent(self, chunk: np.ndarray) -> np.ndarray:
+        if self.first_audio_at is None:
+            self.first_audio_at = time.monotonic()
+        self.samples_sent += len(chunk)
+        return chunk

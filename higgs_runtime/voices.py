@@ -67,6 +67,11 @@ class VoiceExists(VoiceError):
         super().__init__(f"A voice named '{name}' already exists; choose another name")
 
 
+class PresetNotDeletable(VoiceError):
+    def __init__(self, name: str):
+        super().__init__(f"'{name}' is a preset voice and cannot be deleted; only uploaded voices can")
+
+
 class InvalidVoiceName(VoiceError):
     def __init__(self, name: str):
         self.name = name
@@ -252,6 +257,20 @@ class VoiceStore:
             )
             self._write_upload(voice, encode_wav(audio))
         return voice
+
+    def delete(self, name: str) -> None:
+        """Removes an uploaded voice (presets cannot be deleted) in one rename, then cleans up."""
+        voice = self.get(name)
+        if voice.kind != "uploaded":
+            raise PresetNotDeletable(name)
+        graveyard = self._uploads_dir / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        with self._lock:
+            try:
+                os.rename(self._uploads_dir / name, graveyard)
+            except FileNotFoundError:  # deleted meanwhile by another worker
+                raise VoiceNotFound(name, []) from None
+            self._codes = {key: codes for key, codes in self._codes.items() if key[0] != name}
+        shutil.rmtree(graveyard, ignore_errors=True)
 
     def cached_codes(self, name: str, codec_id: str, encode: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """The voice's audio codes for the tokenizer `codec_id`, encoded once and kept in memory and on disk.

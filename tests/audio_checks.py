@@ -10,13 +10,17 @@ import numpy as np
 import soundfile as sf
 
 
-def parse_wav(data: bytes) -> np.ndarray:
-    """Checks a returned WAV (24 kHz, mono, 16-bit PCM) with two independent readers; returns its samples."""
+def parse_wav(data: bytes, streamed: bool = False) -> np.ndarray:
+    """Checks a returned WAV (24 kHz, mono, 16-bit PCM) with two independent readers; returns its samples.
+    A streamed WAV has one header with unknown (0xFFFFFFFF) sizes, then all the samples."""
     with wave.open(io.BytesIO(data)) as reader:
         assert reader.getframerate() == 24000
         assert reader.getnchannels() == 1
         assert reader.getsampwidth() == 2
-        frames = reader.getnframes()
+        frames = (len(data) - 44) // 2 if streamed else reader.getnframes()
+    assert data.count(b"RIFF") == 1
+    if streamed:
+        assert data[4:8] == b"\xff\xff\xff\xff" and data[40:44] == b"\xff\xff\xff\xff"
     samples, rate = sf.read(io.BytesIO(data), dtype="int16")
     assert rate == 24000 and samples.ndim == 1 and len(samples) == frames
     return samples

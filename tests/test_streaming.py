@@ -37,26 +37,27 @@ async def collect(stream):
 
 @pytest.mark.parametrize("temperature,seed", [(0.0, 0), (0.9, 5)])
 def test_streamed_audio_equals_the_one_shot_audio(synthesizer, temperature, seed):
-    prompt = synthesizer.plain_prompt("Streaming should sound the same as one shot.", None)
+    text = "Streaming should sound the same as one shot."
     sampling = Sampling(temperature=temperature, top_p=0.95, top_k=50, max_new_tokens=150, seed=seed)
-    one_shot = asyncio.run(synthesizer.generate(prompt, "x", sampling))
-    stream = synthesizer.stream(prompt, "x", sampling)
+    one_shot = asyncio.run(synthesizer.generate(synthesizer.plan_plain(text, None), sampling))
+    stream = synthesizer.stream(synthesizer.plan_plain(text, None), sampling)
     chunks, _, _ = asyncio.run(collect(stream))
     streamed = np.concatenate(chunks)
     assert len(chunks) >= 3
-    assert stream.result.finish_reason == one_shot.finish_reason
+    assert stream.speech.finish_reason == one_shot.finish_reason
     assert len(streamed) == len(one_shot.samples)
     peak = np.abs(one_shot.samples).max()
     assert np.abs(streamed - one_shot.samples).max() <= TOLERANCE * peak
 
 
 def test_first_chunk_comes_early_and_is_short(synthesizer):
-    prompt = synthesizer.plain_prompt("An early first chunk.", None)
+    text = "An early first chunk."
     sampling = next(candidate for candidate in (Sampling(0.7, 0.95, 50, 300, seed) for seed in range(50))
-                    if asyncio.run(synthesizer.generate(prompt, "x", candidate)).finish_reason == "length")
-    stream = synthesizer.stream(prompt, "x", sampling)
+                    if asyncio.run(synthesizer.generate(synthesizer.plan_plain(text, None), candidate)).finish_reason
+                    == "length")
+    stream = synthesizer.stream(synthesizer.plan_plain(text, None), sampling)
     chunks, arrival, total = asyncio.run(collect(stream))
-    assert stream.result.finish_reason == "length"
+    assert stream.speech.finish_reason == "length"
     config = StreamingConfig()
     assert len(chunks[0]) == config.first_chunk_frames * 960
     assert all(len(chunk) == config.chunk_frames * 960 for chunk in chunks[1:-1])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,7 @@ from .requests import GenerationRequest, QueueFull, RequestHandle
 from .sampling import RepetitionAware, SlotSampler
 
 log = logging.getLogger(__name__)
+REPORT_INTERVAL_S = 0.25
 
 
 @dataclass
@@ -29,7 +31,7 @@ class _Running:
 
 class Scheduler:
     def __init__(self, model, max_batch_size: int, max_queue_size: int, max_seq_len: int,
-                 ras: RepetitionAware = RepetitionAware()):
+                 ras: RepetitionAware = RepetitionAware(), on_load_change=None):
         self.batched = BatchedModel(model, max_batch_size, max_seq_len)
         self.config = model.config
         self.sampler = SlotSampler(max_batch_size, self.config.num_codebooks, self.config.codebook_size,
@@ -42,6 +44,9 @@ class Scheduler:
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="engine-scheduler", daemon=True)
+        # Called with (queue depth, running requests) at most every REPORT_INTERVAL_S and when idle.
+        self._on_load_change = on_load_change
+        self._last_report = 0.0
 
     # --- public, any thread ---
     def start(self) -> None:
@@ -72,12 +77,21 @@ class Scheduler:
         return len(self._running)
 
     # --- the scheduler thread ---
+    def _report_load(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._on_load_change and (force or now - self._last_report >= REPORT_INTERVAL_S):
+            self._last_report = now
+            self._on_load_change(len(self._waiting), len(self._running))
+
     def _loop(self) -> None:
         while True:
             with self._wakeup:
+                if not (self._waiting or self._running):
+                    self._report_load(force=True)
                 self._wakeup.wait_for(lambda: self._stopping or self._waiting or self._running)
                 if self._stopping:
                     break
+            self._report_load()
             try:
                 self._admit()
                 if self._running:

@@ -1,0 +1,62 @@
+"""Response bodies that stream: encoded audio bytes as they are produced, or OpenAI's server-sent
+events (`speech.audio.delta` with base64 audio, then `speech.audio.done` with usage)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from typing import AsyncIterator, Callable
+
+import numpy as np
+
+from .encoding import change_tempo, encode, stream_encoder
+from .speech import GenerationFailed, Speech, SpeechStream
+
+log = logging.getLogger(__name__)
+
+
+# FLAC goes out whole: a streamed FLAC header cannot hold the length, and common readers
+# (libsndfile, so soundfile) then refuse the file. A tempo change also needs the whole signal.
+WHOLE_FILE_FORMATS = frozenset({"flac"})
+
+
+async def audio_bytes(stream: SpeechStream, fmt: str, speed: float,
+                      on_done: Callable[[Speech], None]) -> AsyncIterator[bytes]:
+    """The audio in `fmt`: encoded incrementally as it is produced (one header, one encoder for the
+    whole stream), or as one file at the end where the format or the tempo needs the whole signal."""
+    try:
+        if speed == 1.0 and fmt not in WHOLE_FILE_FORMATS:
+            encoder = stream_encoder(fmt)
+            async for chunk in stream:
+                if data := encoder.write(chunk):
+                    yield data
+            yield encoder.close()
+        else:
+            chunks = [chunk async for chunk in stream]
+            whole = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+            yield encode(change_tempo(whole, speed), fmt)
+    except GenerationFailed as exc:
+        # Headers are gone already: ending the body early is the only signal left.
+        log.error("streaming generation failed: %s", exc)
+        raise
+    on_done(stream.speech)
+
+
+def _event(payload: dict) -> bytes:
+    return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+async def sse_events(stream: SpeechStream, fmt: str, speed: float,
+                     on_done: Callable[[Speech], None]) -> AsyncIterator[bytes]:
+    try:
+        async for data in audio_bytes(stream, fmt, speed, on_done):
+            if data:
+                yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+    except GenerationFailed as exc:
+        yield _event({"type": "error", "error": {"message": str(exc), "type": "server_error"}})
+        return
+    speech = stream.speech
+    yield _event({"type": "speech.audio.done", "usage": {
+        "input_tokens": speech.prompt_tokens, "output_tokens": speech.completion_tokens,
+        "total_tokens": speech.prompt_tokens + speech.completion_tokens}})

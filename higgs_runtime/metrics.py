@@ -1,0 +1,37 @@
+"""Prometheus metrics of the service, served on /metrics beside BentoML's own.
+
+Create `ServiceMetrics` inside the worker (the service's __init__): BentoML sets up Prometheus'
+multiprocess directory only when a worker starts, and metrics made before that would not show.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+class ServiceMetrics:
+    def __init__(self):
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.audio_seconds = Counter("higgs_audio_seconds_generated", "Seconds of audio generated")
+        self.requests = Counter("higgs_requests_finished", "Generation requests by how they finished",
+                                ["finish_reason"])
+        self.realtime_factor = Histogram("higgs_realtime_factor", "Audio seconds per wall-clock second of a request",
+                                         buckets=(0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128))
+        self.time_to_first_audio = Histogram("higgs_time_to_first_audio_seconds",
+                                             "From request arrival to its first audio",
+                                             buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10, 30, 60))
+        self.queue_depth = Gauge("higgs_queue_depth", "Requests waiting for a decoding slot", multiprocess_mode="livesum")
+        self.running = Gauge("higgs_running_batch_size", "Requests being decoded together",
+                             multiprocess_mode="livesum")
+
+    def observe_engine(self, queue_depth: int, running: int) -> None:
+        self.queue_depth.set(queue_depth)
+        self.running.set(running)
+
+    def observe_request(self, started: float, first_audio: float, audio_seconds: float, finish_reason: str) -> None:
+        elapsed = max(time.monotonic() - started, 1e-6)
+        self.audio_seconds.inc(audio_seconds)
+        self.requests.labels(finish_reason=finish_reason).inc()
+        self.realtime_factor.observe(audio_seconds / elapsed)
+        self.time_to_first_audio.observe(first_audio - started)

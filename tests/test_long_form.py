@@ -1,0 +1,73 @@
+"""Long-form text: chunked generation with earlier chunks' audio as context and one voice throughout."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from higgs_runtime.config import Settings
+from higgs_runtime.speech import Sampling, Synthesizer
+from higgs_runtime.voices import CATALOG_PATH, VoiceStore
+
+SCRIPT = ("The first paragraph sets the scene. It is calm and short.\n\n"
+          "The second paragraph moves the story along. Something happens here.\n\n"
+          "The third paragraph closes the story. Everyone goes home.\n\n"
+          "A fourth paragraph adds an epilogue, because long scripts have them.")
+SAMPLING = Sampling(temperature=0.8, top_p=0.95, top_k=50, max_new_tokens=40, seed=9)
+
+
+@pytest.fixture(scope="module")
+def synthesizer(tiny_model, tmp_path_factory):
+    data = tmp_path_factory.mktemp("long-form-data")
+    voices = VoiceStore(CATALOG_PATH, data / "presets", data / "voices")
+    settings = Settings(device="cpu", long_form_chunk_chars=70, long_form_context_chunks=2)
+    synth = Synthesizer(tiny_model.loaded, voices, settings)
+    yield synth
+    synth.close()
+
+
+def test_script_is_split_and_generated_chunk_by_chunk(synthesizer):
+    plan = synthesizer.plan_plain(SCRIPT, None)
+    assert len(plan.chunks) == 4 and all(len(chunk) <= 70 for chunk in plan.chunks)
+    speech = asyncio.run(synthesizer.generate(plan, SAMPLING))
+    assert len(plan.spoken) == 4
+    assert len(speech.samples) == sum(codes.shape[1] for _, codes in plan.spoken) * 960
+    assert speech.completion_tokens <= 4 * 40
+
+
+def test_first_chunk_becomes_the_voice_and_recent_chunks_stay_in_context(synthesizer):
+    plan = synthesizer.plan_plain(SCRIPT, "A quiet study.")
+    asyncio.run(synthesizer.generate(plan, SAMPLING))
+    messages, codes = plan.messages_and_codes(3)
+    roles = [message["role"] for message in messages]
+    # system, scene, then chunk 0 as the reference voice, chunks 1 and 2 as context, chunk 3 to say.
+    assert roles == ["system", "scene", "user", "assistant", "user", "assistant", "user", "assistant", "user"]
+    texts = [m["content"][0]["text"] for m in messages if m["role"] == "user"]
+    assert texts == plan.chunks[:4]
+    assert len(codes) == 3
+    for (_, spoken), used in zip(plan.spoken[:3], codes):
+        assert np.array_equal(spoken, used)
+
+
+def test_context_keeps_only_the_last_chunks(synthesizer):
+    plan = synthesizer.plan_clone(SCRIPT, None, reference_audio=np.zeros(24000, dtype=np.float32) + 0.01,
+                                  reference_text="A reference.")
+    asyncio.run(synthesizer.generate(plan, SAMPLING))
+    messages, codes = plan.messages_and_codes(3)
+    texts = [m["content"][0]["text"] for m in messages if m["role"] == "user"]
+    assert texts == ["A reference.", plan.chunks[1], plan.chunks[2], plan.chunks[3]]
+    assert len(codes) == 3
+
+
+def test_long_script_streams_chunk_after_chunk(synthesizer):
+    stream = synthesizer.stream(synthesizer.plan_plain(SCRIPT, None), SAMPLING)
+
+    async def collect():
+        return [chunk async for chunk in stream]
+
+    pieces = asyncio.run(collect())
+    assert stream.speech.prompt_tokens > 0
+    assert sum(len(piece) for piece in pieces) == round(stream.speech.audio_seconds * 24000)
+    assert len(pieces) >= 4
