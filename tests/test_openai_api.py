@@ -48,8 +48,8 @@ def decode_any(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
 
 
 def parse_wav(data: bytes) -> np.ndarray:
-    """The speech route streams, so its WAV always has the streaming header."""
-    return parse_any_wav(data, streamed=True)
+    """The speech route streams WAV with the unknown-length header, unless a tempo change made it whole."""
+    return parse_any_wav(data, streamed=data[4:8] == b"\xff" * 4)
 
 
 def speech_bytes(client, **fields) -> bytes:
@@ -153,7 +153,7 @@ def test_streamed_wav_has_one_header(client):
             extra_body=FAST) as response:
         data = b"".join(response.iter_bytes())
     assert data.count(b"WAVEfmt ") == 1
-    parse_wav(data)
+    parse_any_wav(data, streamed=True)
 
 
 def test_sse_event_sequence(client):
