@@ -85,6 +85,18 @@ def test_output_does_not_depend_on_batch_neighbours(tiny_model, reference_clips,
         assert crowded.finish_reason == single.finish_reason
 
 
+def test_identical_prompts_finishing_at_different_times(tiny_model, reference_clips, scheduler):
+    """Requests sharing one prompt (a popular voice) leave the batch one by one without confusion."""
+    prompt = mode_prompts(tiny_model, reference_clips)["clone"]
+    copies = [prompts.Prompt(list(prompt.input_ids), prompt.audio_frames.copy()) for _ in range(6)]  # as the API builds them
+    lengths = [45 - 5 * i for i in range(6)]  # the last submitted finishes first
+    handles = [scheduler.submit(request(copy, temperature=0.9, seed=i, max_new_frames=length, ignore_stream_end=True))
+               for i, (copy, length) in enumerate(zip(copies, lengths))]
+    results = [handle.result(60) for handle in handles]
+    assert [r.finish_reason for r in results] == ["length"] * 6
+    assert [r.steps for r in results] == lengths
+
+
 def test_generation_stops_at_max_new_frames(tiny_model, reference_clips, scheduler):
     prompt = mode_prompts(tiny_model, reference_clips)["plain"]
     result = scheduler.submit(request(prompt, max_new_frames=10, ignore_stream_end=True)).result(60)

@@ -45,7 +45,7 @@ class _AsyncWaiter:
     wake_at: float = 1  # wake once this many frames exist, or the request has finished
 
 
-@dataclass
+@dataclass(eq=False)  # identity, not field-by-field (its fields hold arrays)
 class RequestHandle:
     """Shared between the scheduler thread (which appends frames and finishes it) and the caller
     (which reads them, blocking or from asyncio)."""

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 REPORT_INTERVAL_S = 0.25
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two running requests are never "equal"
 class _Running:
     handle: RequestHandle
     slot: int

@@ -1,0 +1,100 @@
+"""HTTP streaming benchmark: time to the first audio byte and gaps between chunks over
+`POST /v1/audio/speech`, at several concurrencies, against a real server process.
+
+    python bench/http_stream_bench.py                    # starts tiny-random on CPU itself
+    python bench/http_stream_bench.py --url http://host:8000 --voice belinda   # an existing server
+
+Prints a table; "first byte / total" is the share of the request's time before audio starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT = ("A streaming benchmark reads this paragraph aloud, one sentence after another, so that the audio "
+        "keeps flowing while the rest is still being generated. ") * 3
+
+
+def start_server() -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    work = Path(tempfile.mkdtemp(prefix="higgs-stream-bench-"))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HIGGS_CACHE_DIR=str(Path(tempfile.gettempdir()) / "higgs-bench-cache"),
+               HIGGS_DATA_DIR=str(work / "data"), BENTOML_HOME=str(work / "bentoml"), HIGGS_MAX_BATCH_SIZE="16",
+               HIGGS_VOICE_SOURCE=str(REPO.parent / "shared" / "voice_prompts"))
+    process = subprocess.Popen([sys.executable, str(REPO / "main.py"), "--host", "127.0.0.1", "--port", str(port),
+                                "--model-path", "tiny-random", "--audio-tokenizer-path", "tiny-random", "--device", "cpu"],
+                               env=env, stdout=open(work / "server.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url + "/health", timeout=2).json()["status"] == "healthy":
+                return process, url
+        except (requests.ConnectionError, requests.Timeout, ValueError):
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise SystemExit("server did not start")
+
+
+def one_stream(url: str, voice: str | None, seed: int, frames: int) -> tuple[float, float, float, int]:
+    """(first byte s, largest gap between chunks s, total s, bytes)."""
+    body = {"model": "tts-1", "input": TEXT, "voice": voice, "response_format": "pcm", "seed": seed,
+            "max_new_tokens": frames}
+    started = time.perf_counter()
+    arrivals, size = [], 0
+    with requests.post(url + "/v1/audio/speech", json=body, stream=True, timeout=600) as response:
+        response.raise_for_status()
+        for chunk in response.iter_content(chunk_size=None):
+            if chunk:
+                arrivals.append(time.perf_counter() - started)
+                size += len(chunk)
+    total = time.perf_counter() - started
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])] or [0.0]
+    return arrivals[0], max(gaps), total, size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url")
+    parser.add_argument("--voice", default="en_man")
+    parser.add_argument("--frames", type=int, default=150, help="max_new_tokens per text chunk")
+    parser.add_argument("--concurrency", type=int, action="append")
+    args = parser.parse_args()
+    process, url = (None, args.url) if args.url else start_server()
+    try:
+        one_stream(url, args.voice, 0, 20)  # warm-up
+        print(f"server {url} | {len(TEXT)} characters per request | max_new_tokens {args.frames} per text chunk\n")
+        print("| concurrent streams | first byte p50 (s) | first byte max (s) | largest gap p50 (s) | "
+              "largest gap max (s) | total p50 (s) | first byte / total | audio s per request |")
+        print("|---|---|---|---|---|---|---|---|")
+        for level in args.concurrency or [1, 8, 16]:
+            with concurrent.futures.ThreadPoolExecutor(level) as pool:
+                runs = list(pool.map(lambda i: one_stream(url, args.voice, i, args.frames), range(level)))
+            first, gap, total, size = (list(column) for column in zip(*runs))
+            print(f"| {level} | {statistics.median(first):.3f} | {max(first):.3f} | {statistics.median(gap):.3f} | "
+                  f"{max(gap):.3f} | {statistics.median(total):.2f} | "
+                  f"{statistics.median(f / t for f, t in zip(first, total)):.0%} | "
+                  f"{statistics.median(size) / 2 / 24000:.1f} |")
+    finally:
+        if process:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
