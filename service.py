@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import logging
@@ -169,7 +170,7 @@ class HiggsAudio:
         started, synthesizer = time.monotonic(), self._ready_synthesizer()
         text, scene_prompt = _checked_text(text), _optional_text(scene_prompt)
         sampling = _sampling(temperature, top_p, top_k, max_new_tokens, seed)
-        plan = synthesizer.plan_plain(text, scene_prompt)
+        plan = await asyncio.to_thread(synthesizer.plan_plain, text, scene_prompt)
         return await self._respond(text, plan, sampling, response_format, started)
 
     @bentoml.api(route="/generate/voice-clone")
@@ -188,8 +189,9 @@ class HiggsAudio:
         if (reference_voice is None) == (reference_audio is None):
             raise ApiError(400, "give exactly one of reference_voice (a voice name from GET /voices) "
                                 "or reference_audio (base64 WAV, MP3 or FLAC)")
-        plan = self._clone_plan(synthesizer, text, scene_prompt, reference_voice, reference_audio,
-                                _optional_text(reference_text))
+        # Decoding and encoding a reference clip is heavy: off the event loop.
+        plan = await asyncio.to_thread(self._clone_plan, synthesizer, text, scene_prompt, reference_voice,
+                                       reference_audio, _optional_text(reference_text))
         return await self._respond(text, plan, sampling, response_format, started)
 
     @bentoml.api(route="/generate/multi-speaker")
@@ -206,7 +208,7 @@ class HiggsAudio:
         voices = reference_voices or []
         for name in voices:
             self.voices.get(name)
-        plan = synthesizer.plan_multi_speaker(text, scene_prompt, voices)
+        plan = await asyncio.to_thread(synthesizer.plan_multi_speaker, text, scene_prompt, voices)
         return await self._respond(text, plan, sampling, response_format, started)
 
     # --- voices ---
@@ -239,10 +241,10 @@ class HiggsAudio:
             if voice is not None and reference_audio is not None:
                 raise ApiError(400, "give either voice or ref_audio, not both")
             if voice is None and reference_audio is None:
-                plan = synthesizer.plan_plain(text, scene_prompt)
+                plan = await asyncio.to_thread(synthesizer.plan_plain, text, scene_prompt)
             else:
-                plan = self._clone_plan(synthesizer, text, scene_prompt, voice, reference_audio,
-                                        _optional_text(body.ref_text))
+                plan = await asyncio.to_thread(self._clone_plan, synthesizer, text, scene_prompt, voice,
+                                               reference_audio, _optional_text(body.ref_text))
             stream = synthesizer.stream(plan, sampling)
         except Exception as exc:
             return _error_response(exc, "openai_speech")
