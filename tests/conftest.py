@@ -26,18 +26,19 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, cache_dir: Path, log_path: Path, model_path: str = "tiny-random",
+    def __init__(self, data_dir: Path, cache_dir: Path, work_dir: Path, model_path: str = "tiny-random",
                  extra_env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
+        self.log_path = work_dir / "server.log"
+        # A BentoML home of its own: servers sharing one would share (and wipe) the metrics directory.
         env = dict(os.environ, HF_HUB_OFFLINE="1", HIGGS_CACHE_DIR=str(cache_dir),
-                   HIGGS_VOICE_SOURCE=str(VOICE_PROMPTS_DIR), BENTOML_HOME=str(cache_dir / "bentoml"),
+                   HIGGS_VOICE_SOURCE=str(VOICE_PROMPTS_DIR), BENTOML_HOME=str(work_dir / "bentoml"),
                    HIGGS_MAX_UPLOAD_BYTES=str(2 * 1024 * 1024), **(extra_env or {}))
         command = [sys.executable, str(REPO_DIR / "main.py"), "--host", "127.0.0.1", "--port", str(self.port),
                    "--model-path", model_path, "--audio-tokenizer-path", model_path, "--device", "cpu",
                    "--data-dir", str(data_dir)]
-        self._log = open(log_path, "wb")
+        self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
 
@@ -77,7 +78,7 @@ def start_server(tmp_path_factory, model_cache):
 
     def start(data_dir: Path | None = None, **kwargs) -> ServerProcess:
         data_dir = data_dir or tmp_path_factory.mktemp("data")
-        server = ServerProcess(data_dir, model_cache, tmp_path_factory.mktemp("log") / "server.log", **kwargs)
+        server = ServerProcess(data_dir, model_cache, tmp_path_factory.mktemp("server"), **kwargs)
         started.append(server)
         return server
 

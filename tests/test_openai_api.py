@@ -257,18 +257,27 @@ def test_api_keys(start_server, tmp_path):
     secured.stop()
 
 
+def running_requests(base_url: str) -> float:
+    return metric_value(requests.get(base_url + "/metrics", timeout=10).text, "higgs_running_batch_size")
+
+
 def test_a_client_that_disconnects_frees_its_slot(base_url):
-    """A streaming client that goes away mid-stream: the engine stops its request within a step."""
+    """A streaming client that goes away mid-stream: the engine stops its request within a step and
+    starts none of its remaining text chunks."""
     body = {"model": "tts-1", "input": LONG_SCRIPT, "voice": "en_man", "response_format": "pcm",
             "seed": 3, "max_new_tokens": 1000, "temperature": 0.8}
     response = requests.post(base_url + "/v1/audio/speech", json=body, stream=True, timeout=120)
     chunks = response.iter_content(chunk_size=None)
-    next(chunks)
-    assert metric_value(requests.get(base_url + "/metrics", timeout=10).text, "higgs_running_batch_size") >= 1
+    deadline = time.monotonic() + 10
+    while running_requests(base_url) < 1:
+        next(chunks)
+        assert time.monotonic() < deadline, "the request never showed as running"
     response.close()  # the client hangs up
     deadline = time.monotonic() + 10
-    while metric_value(requests.get(base_url + "/metrics", timeout=10).text, "higgs_running_batch_size") > 0:
+    while running_requests(base_url) > 0:
         assert time.monotonic() < deadline, "the abandoned request is still running"
-        time.sleep(0.2)
+        time.sleep(0.1)
+    time.sleep(1.0)
+    assert running_requests(base_url) == 0
     assert metric_value(requests.get(base_url + "/metrics", timeout=10).text, "higgs_queue_depth") == 0
     assert requests.get(base_url + "/health", timeout=10).json()["status"] == "healthy"

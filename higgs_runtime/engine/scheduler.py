@@ -7,7 +7,6 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +17,6 @@ from .requests import GenerationRequest, QueueFull, RequestHandle
 from .sampling import RepetitionAware, SlotSampler
 
 log = logging.getLogger(__name__)
-REPORT_INTERVAL_S = 0.25
 
 
 @dataclass(eq=False)  # identity: two running requests are never "equal"
@@ -44,9 +42,9 @@ class Scheduler:
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="engine-scheduler", daemon=True)
-        # Called with (queue depth, running requests) at most every REPORT_INTERVAL_S and when idle.
+        # Called with (queue depth, running requests) whenever they change.
         self._on_load_change = on_load_change
-        self._last_report = 0.0
+        self._last_load = (0, 0)
 
     # --- public, any thread ---
     def start(self) -> None:
@@ -77,23 +75,22 @@ class Scheduler:
         return len(self._running)
 
     # --- the scheduler thread ---
-    def _report_load(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if self._on_load_change and (force or now - self._last_report >= REPORT_INTERVAL_S):
-            self._last_report = now
-            self._on_load_change(len(self._waiting), len(self._running))
+    def _report_load(self) -> None:
+        load = (len(self._waiting), len(self._running))
+        if self._on_load_change and load != self._last_load:
+            self._last_load = load
+            self._on_load_change(*load)
 
     def _loop(self) -> None:
         while True:
             with self._wakeup:
-                if not (self._waiting or self._running):
-                    self._report_load(force=True)
+                self._report_load()
                 self._wakeup.wait_for(lambda: self._stopping or self._waiting or self._running)
                 if self._stopping:
                     break
-            self._report_load()
             try:
                 self._admit()
+                self._report_load()
                 if self._running:
                     self._decode_step()
             except Exception as exc:  # a fault in one step fails the requests in it, not the engine
