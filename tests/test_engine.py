@@ -109,6 +109,17 @@ def test_runaway_guard_cuts_audio_that_does_not_end(tiny_model, reference_clips,
     assert result.finish_reason == "guard" and result.steps == 25
 
 
+def test_a_full_cache_slot_ends_the_request(tiny_model):
+    prompt = prompts.tokenize(prompts.plain_messages("hi", None), [], tiny_model.tokenizer, tiny_model.config)
+    engine = Scheduler(tiny_model.model, max_batch_size=2, max_queue_size=2, max_seq_len=prompt.num_tokens + 20)
+    engine.start()
+    try:
+        result = engine.submit(request(prompt, max_new_frames=500, ignore_stream_end=True)).result(60)
+    finally:
+        engine.stop()
+    assert result.finish_reason == "length" and result.steps == 20
+
+
 def test_full_queue_is_refused(tiny_model):
     engine = Scheduler(tiny_model.model, max_batch_size=1, max_queue_size=2, max_seq_len=512)  # not started
     prompt = prompts.tokenize(prompts.plain_messages("hi", None), [], tiny_model.tokenizer, tiny_model.config)

@@ -5,9 +5,10 @@ Prefill runs transformers' own forward (mixed text and audio positions, dual FFN
 copies the keys and values into the request's slot. Decode positions are all audio, so the step
 applies each layer's audio path directly, reading the model's own weights.
 
-Decode batches are padded to a power of two (at least 4). CPU matrix kernels give each row the
-same bits at those sizes whatever the other rows hold, which keeps a request's output
-independent of its neighbours; on GPU the few distinct shapes suit CUDA graphs.
+On CPU the decode path's weights are prepacked for oneDNN: at a few rows it is several times faster
+than MKL's GEMM, and each row's result is the same whatever the batch size (MKL changes its
+blocking with the row count), which keeps a request's output independent of its neighbours. On GPU
+decode batches are padded to a power of two, a few static shapes that suit CUDA graphs.
 """
 
 from __future__ import annotations
@@ -17,14 +18,42 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 from transformers.models.higgs_audio_v2.modeling_higgs_audio_v2 import apply_rotary_pos_emb
 
-MIN_DECODE_BATCH = 4
+# oneDNN packs weights for an expected row count; any count then works, and gives the same bits.
+PACKING_ROWS_HINT = 8
 
 
-def decode_batch_size(active: int) -> int:
-    size = MIN_DECODE_BATCH
+def decode_batch_size(active: int, device: torch.device) -> int:
+    if device.type == "cpu":
+        return active
+    size = 1
     while size < active:
         size *= 2
     return size
+
+
+class DecodeLinears:
+    """Applies the model's linear layers on the decode path, through prepacked oneDNN weights on CPU."""
+
+    def __init__(self, model, device: torch.device):
+        self._packed = {}
+        if device.type == "cpu" and torch.backends.mkldnn.is_available():
+            modules = [model.audio_lm_head]
+            for layer in model.model.layers:
+                attention, mlp = layer.self_attn, layer.audio_mlp
+                modules += [attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
+                            mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+            self._packed = {module: torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), PACKING_ROWS_HINT)
+                            for module in modules}
+
+    def __call__(self, module: torch.nn.Linear, rows: torch.Tensor) -> torch.Tensor:
+        """rows: (batch, in_features) -> (batch, out_features)."""
+        packed = self._packed.get(module)
+        if packed is None:
+            return F.linear(rows, module.weight, module.bias)
+        return torch.ops.mkldnn._linear_pointwise(rows, packed, module.bias, "none", [], "")
+
+    def mlp(self, mlp, rows: torch.Tensor) -> torch.Tensor:
+        return self(mlp.down_proj, mlp.act_fn(self(mlp.gate_proj, rows)) * self(mlp.up_proj, rows))
 
 
 class SlotKVCache:
@@ -51,6 +80,7 @@ class BatchedModel:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.cache = SlotKVCache(self.config, num_slots, max_len, self.device, self.dtype)
+        self.linears = DecodeLinears(model, self.device)
 
     @torch.inference_mode()
     def prefill(self, slot: int, input_ids: list[int], audio_frames: torch.Tensor) -> torch.Tensor:
@@ -76,33 +106,29 @@ class BatchedModel:
     def release(self, slot: int) -> None:
         self.cache.lengths[slot] = 0
 
-    def capacity_left(self, slot: int) -> int:
-        return self.cache.max_len - int(self.cache.lengths[slot])
-
     @torch.inference_mode()
     def decode(self, slots: list[int], frames: torch.Tensor) -> torch.Tensor:
         """Feeds one frame (codebooks,) per slot; returns (len(slots), codebooks, codebook_size) float32."""
         active = len(slots)
-        size = decode_batch_size(active)
+        size = decode_batch_size(active, self.device)
         cache = self.cache
         slot_index = torch.tensor(slots + [cache.scratch_slot] * (size - active), device=self.device)
         frames = torch.cat([frames.to(self.device),
                             frames.new_zeros((size - active, frames.shape[1])).to(self.device)])
         positions = cache.lengths[slot_index].clone()
         positions[active:] = 0
-        inner = self.model.model
-        hidden = inner.embed_audio_tokens(frames[:, None, :])  # (batch, 1, hidden)
+        inner, linear = self.model.model, self.linears
+        hidden = inner.embed_audio_tokens(frames)  # (batch, hidden)
         cos, sin = inner.rotary_emb(hidden, positions[:, None])
         visible = (torch.arange(cache.max_len, device=self.device)[None, :] <= positions[:, None])[:, None, None, :]
         rows = torch.arange(size, device=self.device)
         for index, layer in enumerate(inner.layers):
             attention = layer.self_attn
-            residual = hidden
             normed = layer.audio_input_layernorm(hidden)
-            shape = (size, 1, -1, attention.head_dim)
-            query = attention.q_proj(normed).view(shape).transpose(1, 2)
-            key = attention.k_proj(normed).view(shape).transpose(1, 2)
-            value = attention.v_proj(normed).view(shape).transpose(1, 2)
+            shape = (size, -1, 1, attention.head_dim)  # (batch, heads, one position, head_dim)
+            query = linear(attention.q_proj, normed).view(shape)
+            key = linear(attention.k_proj, normed).view(shape)
+            value = linear(attention.v_proj, normed).view(shape)
             query, key = apply_rotary_pos_emb(query, key, cos, sin)
             keys, values = cache.keys[index], cache.values[index]
             keys[slot_index, :, positions] = key[rows, :, 0]
@@ -110,10 +136,9 @@ class BatchedModel:
             context = F.scaled_dot_product_attention(
                 query, keys[slot_index], values[slot_index], attn_mask=visible,
                 scale=attention.scaling, enable_gqa=True)
-            hidden = residual + attention.o_proj(context.transpose(1, 2).reshape(size, 1, -1))
-            hidden = hidden + layer.audio_mlp(layer.audio_post_attention_layernorm(hidden))
-        hidden = inner.norm(hidden)
-        logits = self.model.audio_lm_head(hidden[:, 0])
+            hidden = hidden + linear(attention.o_proj, context.reshape(size, -1))
+            hidden = hidden + linear.mlp(layer.audio_mlp, layer.audio_post_attention_layernorm(hidden))
+        logits = linear(self.model.audio_lm_head, inner.norm(hidden))
         cache.lengths[slot_index[:active]] += 1
         return self._frame_logits(logits[:active])
 

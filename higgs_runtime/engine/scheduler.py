@@ -134,28 +134,31 @@ class Scheduler:
 
     def _accept(self, batch: list[_Running], logits: torch.Tensor) -> None:
         frames = self.sampler.next_frames([r.slot for r in batch], logits)
-        for running, frame in zip(batch, frames):
-            self._continue_or_finish(running, frame)
+        on_host = frames.cpu().numpy()  # one device-to-host copy per step, not one per request
+        for running, frame, host_frame in zip(batch, frames, on_host):
+            self._continue_or_finish(running, frame, host_frame)
 
-    def _continue_or_finish(self, running: _Running, frame: torch.Tensor) -> None:
+    def _continue_or_finish(self, running: _Running, frame: torch.Tensor, host_frame: np.ndarray) -> None:
         handle, request = running.handle, running.handle.request
         running.steps += 1
         handle.steps = running.steps
-        eos = self.config.audio_stream_eos_id
-        if bool((frame == eos).all()):
+        if (host_frame == self.config.audio_stream_eos_id).all():
             self._finish(running, "stop")
             return
         if running.steps > 1:  # the first frame is the all-begin marker, not audio
-            handle.push(frame.cpu().numpy())
+            handle.push(host_frame)
         running.last_frame = frame
         if handle.cancelled:
             self._finish(running, "cancelled")
         elif handle.expired:
             self._finish(running, "timeout")
-        elif running.steps >= request.max_new_frames or self.batched.capacity_left(running.slot) <= 0:
+        elif running.steps >= request.max_new_frames or self._cache_full(running):
             self._finish(running, "length")
         elif running.steps >= request.guard_frames and not bool(self.sampler.ending[running.slot]):
             self._finish(running, "guard")
+
+    def _cache_full(self, running: _Running) -> bool:
+        return running.handle.request.prompt.num_tokens + running.steps >= self.batched.cache.max_len
 
     def _finish(self, running: _Running, reason: str, error: str | None = None) -> None:
         self._running.remove(running)
