@@ -32,7 +32,7 @@ from higgs_runtime.engine.requests import GenerationRequest  # noqa: E402
 from higgs_runtime.engine.sampling import SamplingParams  # noqa: E402
 from higgs_runtime.engine.scheduler import Scheduler  # noqa: E402
 from higgs_runtime.streaming import StreamingConfig, StreamingDecoder  # noqa: E402
-from higgs_runtime.tiny_random import audio_tokenizer_config, ensure_built, model_config  # noqa: E402
+from higgs_runtime.tiny_random import ensure_built, model_config  # noqa: E402
 
 FRAMES_PER_SECOND = 25
 TEXT = "The quick brown fox jumps over the lazy dog, and then it takes a long rest in the warm afternoon sun."

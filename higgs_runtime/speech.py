@@ -168,7 +168,8 @@ class Synthesizer:
         return prompt
 
     # --- generation ---
-    def _submit(self, plan: SpeechPlan, index: int, sampling: Sampling) -> RequestHandle:
+    def submit_chunk(self, plan: SpeechPlan, index: int, sampling: Sampling) -> RequestHandle:
+        """Queues text chunk `index` (with the chunks before it as context); chunk i uses seed + i."""
         chunk_seed = None if sampling.seed is None else sampling.seed + index
         return self.scheduler.submit(GenerationRequest(
             prompt=self._prompt(plan, index),
@@ -182,12 +183,12 @@ class Synthesizer:
     async def generate(self, plan: SpeechPlan, sampling: Sampling) -> Speech:
         audio, results = [], []
         for index in range(len(plan.chunks)):
-            handle = self._submit(plan, index, sampling)
+            handle = self.submit_chunk(plan, index, sampling)
             try:
                 result = await handle.wait()
             finally:
                 handle.cancel()  # no-op once finished; frees the slot if the client went away
-            self._finish_chunk(plan, result)
+            self.finish_chunk(plan, result)
             audio.append(await asyncio.to_thread(self.codec.decode_frames, result.frames))
             results.append(result)
         samples = np.concatenate(audio)
@@ -196,9 +197,10 @@ class Synthesizer:
     def stream(self, plan: SpeechPlan, sampling: Sampling) -> "SpeechStream":
         """Queues the first chunk now (so a full queue fails before any byte is sent); audio comes by
         iterating the stream."""
-        return SpeechStream(self, plan, sampling, self._submit(plan, 0, sampling))
+        return SpeechStream(self, plan, sampling, self.submit_chunk(plan, 0, sampling))
 
-    def _finish_chunk(self, plan: SpeechPlan, result: GenerationResult) -> None:
+    def finish_chunk(self, plan: SpeechPlan, result: GenerationResult) -> None:
+        """Raises if the chunk failed; otherwise keeps its audio codes as context for the next chunks."""
         if result.finish_reason == "timeout":
             raise GenerationFailed(f"generation did not finish within {self.settings.request_timeout_s:g} s")
         if result.finish_reason in ("error", "cancelled"):
@@ -228,7 +230,7 @@ class SpeechStream:
         handle = self._first
         for index in range(len(self._plan.chunks)):
             if index:
-                handle = synthesizer._submit(self._plan, index, self._sampling)
+                handle = synthesizer.submit_chunk(self._plan, index, self._sampling)
             decoder = StreamingDecoder(synthesizer.codec, synthesizer.loaded.config.num_codebooks,
                                        synthesizer.settings.streaming)
             try:
@@ -236,7 +238,7 @@ class SpeechStream:
                     if decoder.push(frame):
                         yield self._sent(await asyncio.to_thread(decoder.take))
                 result = handle.result(timeout=0)
-                synthesizer._finish_chunk(self._plan, result)
+                synthesizer.finish_chunk(self._plan, result)
                 tail = await asyncio.to_thread(decoder.finish)
                 if len(tail):
                     yield self._sent(tail)

@@ -32,9 +32,9 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = work_dir / "server.log"
         # A BentoML home of its own: servers sharing one would share (and wipe) the metrics directory.
-        env = dict(os.environ, HF_HUB_OFFLINE="1", HIGGS_CACHE_DIR=str(cache_dir),
-                   HIGGS_VOICE_SOURCE=str(VOICE_PROMPTS_DIR), BENTOML_HOME=str(work_dir / "bentoml"),
-                   HIGGS_MAX_UPLOAD_BYTES=str(2 * 1024 * 1024), **(extra_env or {}))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HIGGS_CACHE_DIR": str(cache_dir),
+               "HIGGS_VOICE_SOURCE": str(VOICE_PROMPTS_DIR), "BENTOML_HOME": str(work_dir / "bentoml"),
+               "HIGGS_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024), **(extra_env or {})}
         command = [sys.executable, str(REPO_DIR / "main.py"), "--host", "127.0.0.1", "--port", str(self.port),
                    "--model-path", model_path, "--audio-tokenizer-path", model_path, "--device", "cpu",
                    "--data-dir", str(data_dir)]

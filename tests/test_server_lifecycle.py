@@ -3,11 +3,8 @@ concurrency, back-pressure."""
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
-import io
 import time
-from pathlib import Path
 
 import bentoml
 import pytest
@@ -54,6 +51,20 @@ def test_uploaded_voices_survive_a_restart(start_server, tmp_path):
     body = {"text": "Back after a restart.", "reference_voice": "keeper", "max_new_tokens": 30}
     check_generation(requests.post(second.url + "/generate/voice-clone", json=body, timeout=120).json(), body["text"])
     assert not list((data_dir / "voices").glob(".tmp-*"))
+
+
+def test_health_answers_while_the_model_loads(start_server, tmp_path):
+    """With an empty model cache the preset is built first (seconds): meanwhile /health says so and
+    generation answers 503 with a detail, then the server becomes healthy."""
+    loading = start_server(tmp_path / "data", extra_env={"HIGGS_CACHE_DIR": str(tmp_path / "empty-cache")})
+    health = loading.wait_until(("loading", "healthy"))
+    assert health["status"] == "loading" and health["model_loaded"] is False and health["device"] == "cpu"
+    response = requests.post(loading.url + "/generate", json={"text": "Too early."}, timeout=10)
+    assert response.status_code == 503 and "still loading" in response.json()["detail"]
+    loading.wait_until(("healthy",))
+    check_generation(requests.post(loading.url + "/generate", json={"text": "Ready now.", "max_new_tokens": 20},
+                                   timeout=60).json(), "Ready now.")
+    loading.stop()
 
 
 def test_a_failed_load_is_reported_in_health_and_every_503(start_server, tmp_path):

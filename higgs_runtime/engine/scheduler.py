@@ -119,7 +119,7 @@ class Scheduler:
                 handle.finish("error", str(exc))
 
     def _prefill(self, handle: RequestHandle, slot: int) -> None:
-        prompt, config = handle.request.prompt, self.config
+        prompt = handle.request.prompt
         audio = torch.from_numpy(prompt.audio_frames)
         logits = self.batched.prefill(slot, prompt.input_ids, audio)
         self.sampler.start(slot, handle.request.sampling, audio)
