@@ -92,21 +92,13 @@ class SpeechPlan:
     spoken: list[tuple[str, np.ndarray]] = field(default_factory=list)
 
     def messages_and_codes(self, index: int) -> tuple[list[dict], list[np.ndarray]]:
-        conversation, history = self.conversation, self.spoken[:index]
-        if self.voice_from_first_chunk and history:
-            (first_text, first_codes), history = history[0], history[1:]
-            scene = conversation.build  # keeps the scene prompt of the original conversation
-            conversation = Conversation(lambda text: _as_clone(scene(text), first_text), [first_codes])
-        history = history[-self.context_chunks:] if self.context_chunks else []
-        messages = prompts.with_history(conversation.build(self.chunks[index]), [text for text, _ in history])
-        return messages, conversation.codes + [codes for _, codes in history]
-
-
-def _as_clone(plain: list[dict], reference_text: str) -> list[dict]:
-    """A plain conversation turned into a clone of the first chunk: its text, then its audio."""
-    reference = [{"role": "user", "content": [{"type": "text", "text": reference_text}]},
-                 {"role": "assistant", "content": [prompts.AUDIO_ITEM]}]
-    return plain[:-1] + reference + plain[-1:]
+        """Chunk `index`'s conversation: the fixed part, then earlier chunks as user text + assistant audio."""
+        history = self.spoken[:index]
+        pinned = history[:1] if self.voice_from_first_chunk else []  # the first chunk's audio sets the voice
+        recent = history[len(pinned):][-self.context_chunks:] if self.context_chunks else []
+        turns = pinned + recent
+        messages = prompts.with_history(self.conversation.build(self.chunks[index]), [text for text, _ in turns])
+        return messages, self.conversation.codes + [codes for _, codes in turns]
 
 
 class Synthesizer:
