@@ -36,6 +36,15 @@ MIN_SPEED = 0.25
 MAX_SPEED = 4.0
 # One atempo stage keeps its best quality within 0.5..2.0; larger changes are chained stages.
 _ATEMPO_RANGE = (0.5, 2.0)
+# atempo's output depends on where its input frames split, and it hands over an output buffer (sized
+# from the input frame) only once full. Frames of one atempo window (24 kHz / 24, rounded up to a power
+# of two), whatever the chunks written, make the result independent of chunking and keep it a window
+# or two behind the input rather than a whole chunk.
+_TEMPO_FRAME = 1024
+# atempo drops the last windows of its input when it ends (up to ~190 ms of output at speed 0.25).
+# This much silence after the input flushes them out at every speed with a wide margin (measured);
+# the result is then cut to the input's length / speed.
+_TEMPO_PADDING = 8 * _TEMPO_FRAME
 _UNKNOWN_WAV_SIZE = 0xFFFFFFFF
 _TIME_BASE = Fraction(1, SAMPLE_RATE)
 
@@ -104,19 +113,68 @@ def stream_encoder(fmt: str) -> StreamEncoder:
 def change_tempo(samples: np.ndarray, speed: float) -> np.ndarray:
     """Plays `samples` (24 kHz mono float32) `speed` times faster, keeping the pitch.
 
-    The result is about len(samples) / speed long. `speed` must lie in [MIN_SPEED, MAX_SPEED].
+    The result is round(len(samples) / speed) samples long. `speed` must lie in [MIN_SPEED, MAX_SPEED].
     """
-    if not MIN_SPEED <= speed <= MAX_SPEED:
-        raise ValueError(f"speed must be between {MIN_SPEED} and {MAX_SPEED}, got {speed}")
-    samples = _mono(samples)
-    if speed == 1.0 or samples.size == 0:
-        return samples
-    graph = _tempo_graph(_atempo_stages(speed))
-    graph.push(_frame(samples, "flt", pts=0))
-    graph.push(None)
-    chunks = [frame.to_ndarray()[0] for frame in _drain_graph(graph)]
-    # atempo works in windows of tens of milliseconds: a shorter input comes out empty.
-    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    tempo = TempoStream(speed)
+    head = tempo.write(samples)
+    tail = tempo.close()
+    # At speed 1.0 this returns the input itself, uncopied.
+    return np.concatenate([head, tail]) if tail.size else head
+
+
+class TempoStream:
+    """Plays speech arriving in chunks (24 kHz mono float32) `speed` times faster, keeping the pitch.
+
+    The arrays of all write() calls then close(), joined, are change_tempo() of the whole input, however
+    it was chunked. `speed` must lie in [MIN_SPEED, MAX_SPEED]; at 1.0 the audio passes through unchanged.
+    """
+
+    def __init__(self, speed: float):
+        if not MIN_SPEED <= speed <= MAX_SPEED:
+            raise ValueError(f"speed must be between {MIN_SPEED} and {MAX_SPEED}, got {speed}")
+        self._speed = speed
+        self._graph = None if speed == 1.0 else _tempo_graph(_atempo_stages(speed))
+        self._pending = np.zeros(0, np.float32)  # Input not yet filling a frame.
+        self._samples_pushed = 0
+        self._samples_in = 0
+        self._samples_out = 0
+
+    def write(self, samples: np.ndarray) -> np.ndarray:
+        """Takes a chunk; returns the audio ready now, possibly none."""
+        samples = _mono(samples)
+        if self._graph is None:
+            return samples
+        self._samples_in += samples.size
+        self._feed(samples)
+        ready = self._pull()
+        self._samples_out += ready.size
+        return ready
+
+    def close(self) -> np.ndarray:
+        """Ends the input; returns the remaining audio."""
+        if self._graph is None:
+            return np.zeros(0, np.float32)
+        # What is left pending after the padding is padding too, and needs no frame of its own.
+        self._feed(np.zeros(_TEMPO_PADDING, np.float32))
+        self._graph.push(None)
+        return self._pull()[:max(0, round(self._samples_in / self._speed) - self._samples_out)]
+
+    def _feed(self, samples: np.ndarray) -> None:
+        pending = np.concatenate([self._pending, samples])
+        whole = len(pending) - len(pending) % _TEMPO_FRAME
+        for start in range(0, whole, _TEMPO_FRAME):
+            self._graph.push(_frame(pending[start:start + _TEMPO_FRAME], "flt", pts=self._samples_pushed))
+            self._samples_pushed += _TEMPO_FRAME
+        self._pending = pending[whole:]
+
+    def _pull(self) -> np.ndarray:
+        """Every frame the graph has ready (all it has left, once its input has ended)."""
+        chunks = []
+        while True:
+            try:
+                chunks.append(self._graph.pull().to_ndarray()[0])
+            except (av.BlockingIOError, av.EOFError):  # Wants more input / has ended.
+                return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
 
 class _PcmStreamEncoder(StreamEncoder):
@@ -248,13 +306,3 @@ def _tempo_graph(stages: list[float]) -> av.filter.Graph:
     tempo_filters = [graph.add("atempo", f"tempo={stage}") for stage in stages]
     graph.link_nodes(source, *tempo_filters, graph.add("abuffersink")).configure()
     return graph
-
-
-def _drain_graph(graph: av.filter.Graph) -> list[av.AudioFrame]:
-    """Every frame of a graph whose input has ended."""
-    frames = []
-    while True:
-        try:
-            frames.append(graph.pull())
-        except av.EOFError:
-            return frames

@@ -10,32 +10,32 @@ from typing import AsyncIterator, Callable
 
 import numpy as np
 
-from .encoding import change_tempo, encode, stream_encoder
+from .encoding import TempoStream, encode, stream_encoder
 from .speech import GenerationFailed, Speech, SpeechStream
 
 log = logging.getLogger(__name__)
 
 
 # FLAC goes out whole: a streamed FLAC header cannot hold the length, and common readers
-# (libsndfile, so soundfile) then refuse the file. A tempo change also needs the whole signal.
+# (libsndfile, so soundfile) then refuse the file.
 WHOLE_FILE_FORMATS = frozenset({"flac"})
 
 
 async def audio_bytes(stream: SpeechStream, fmt: str, speed: float,
                       on_done: Callable[[Speech], None]) -> AsyncIterator[bytes]:
-    """The audio in `fmt`: encoded incrementally as it is produced (one header, one encoder for the
-    whole stream), or as one file at the end where the format or the tempo needs the whole signal."""
+    """The audio in `fmt` at `speed`: tempo-changed and encoded incrementally as it is produced (one
+    header, one encoder for the whole stream), or as one file at the end where the format needs it."""
+    tempo = TempoStream(speed)
     try:
-        if speed == 1.0 and fmt not in WHOLE_FILE_FORMATS:
+        if fmt in WHOLE_FILE_FORMATS:
+            chunks = [tempo.write(chunk) async for chunk in stream]
+            yield encode(np.concatenate([*chunks, tempo.close()]), fmt)
+        else:
             encoder = stream_encoder(fmt)
             async for chunk in stream:
-                if data := encoder.write(chunk):
+                if data := encoder.write(tempo.write(chunk)):
                     yield data
-            yield encoder.close()
-        else:
-            chunks = [chunk async for chunk in stream]
-            whole = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-            yield encode(change_tempo(whole, speed), fmt)
+            yield encoder.write(tempo.close()) + encoder.close()
     except GenerationFailed as exc:
         # Headers are gone already: ending the body early is the only signal left.
         log.error("streaming generation failed: %s", exc)

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from higgs_runtime.audio import SAMPLE_RATE, decode_audio
-from higgs_runtime.encoding import FORMATS, change_tempo, encode, stream_encoder
+from higgs_runtime.encoding import FORMATS, TempoStream, change_tempo, encode, stream_encoder
 from paths import VOICE_PROMPTS_DIR
 
 LOSSY = ("mp3", "opus", "aac")
@@ -48,10 +48,10 @@ def assert_av_mono(data: bytes, rate: int, seconds: float, tolerance: float) -> 
     assert abs(len(samples) / rate - seconds) <= tolerance + 1 / rate
 
 
-def in_chunks(samples: np.ndarray) -> list[np.ndarray]:
+def in_chunks(samples: np.ndarray, seconds: tuple[float, ...] = CHUNK_SECONDS) -> list[np.ndarray]:
     chunks, start, turn = [], 0, 0
     while start < len(samples):
-        length = max(1, round(CHUNK_SECONDS[turn % len(CHUNK_SECONDS)] * SAMPLE_RATE))
+        length = max(1, round(seconds[turn % len(seconds)] * SAMPLE_RATE))
         chunks.append(samples[start:start + length])
         start, turn = start + length, turn + 1
     return chunks
@@ -186,9 +186,17 @@ def test_empty_chunks_are_harmless(fmt):
         assert_av_mono(data, rate, 1.0, STREAM_TOLERANCE_S.get(fmt, 0.0))
 
 
+HERTZ_WINDOW = 4096
+
+
 def dominant_hertz(samples: np.ndarray) -> float:
-    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
-    return float(np.argmax(spectrum)) * SAMPLE_RATE / len(samples)
+    """Peak of the power spectrum averaged over half-overlapping windows, to one bin (about 5.9 Hz).
+
+    Averaging keeps the peak of speech on its pitch; one spectrum of a whole clip can peak on any harmonic.
+    """
+    windows = np.lib.stride_tricks.sliding_window_view(samples, HERTZ_WINDOW)[::HERTZ_WINDOW // 2]
+    power = (np.abs(np.fft.rfft(windows * np.hanning(HERTZ_WINDOW), axis=1)) ** 2).mean(axis=0)
+    return float(np.argmax(power)) * SAMPLE_RATE / HERTZ_WINDOW
 
 
 @pytest.mark.parametrize("speed", [0.25, 0.5, 0.8, 1.5, 2.0, 4.0])
@@ -211,6 +219,12 @@ def test_tempo_out_of_range_is_refused(speed):
         change_tempo(sine(0.5), speed)
 
 
+@pytest.mark.parametrize("speed", [0.25, 0.7, 1.5, 4.0])
+def test_tempo_length_is_exact_even_for_short_clips(speed):
+    for length in (1, 500, 1025, 30001):
+        assert len(change_tempo(sine(length / SAMPLE_RATE), speed)) == round(length / speed)
+
+
 def test_tempo_of_empty_audio_is_empty():
     assert len(change_tempo(np.zeros(0, np.float32), 2.0)) == 0
 
@@ -218,3 +232,46 @@ def test_tempo_of_empty_audio_is_empty():
 def test_tempo_refuses_stereo():
     with pytest.raises(ValueError, match="mono"):
         change_tempo(np.zeros((2, 24000), dtype=np.float32), 2.0)
+
+
+def tempo_streamed(
+    samples: np.ndarray, speed: float, seconds: tuple[float, ...] = CHUNK_SECONDS
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The audio of each TempoStream.write() and of close()."""
+    tempo = TempoStream(speed)
+    writes = [tempo.write(chunk) for chunk in in_chunks(samples, seconds)]
+    return writes, tempo.close()
+
+
+@pytest.mark.parametrize("speed", [0.25, 0.5, 2.0, 4.0])
+@pytest.mark.parametrize("clip", ["sine", "speech"])
+def test_streamed_tempo_changes_length_not_pitch(speech, clip, speed):
+    original = sine(2.0) if clip == "sine" else speech
+    writes, rest = tempo_streamed(original, speed)
+    result = np.concatenate(writes + [rest])
+    assert result.dtype == np.float32
+    assert len(result) == round(len(original) / speed)
+    assert abs(dominant_hertz(result) - dominant_hertz(original)) <= SAMPLE_RATE / HERTZ_WINDOW
+
+
+@pytest.mark.parametrize("speed", [0.25, 0.5, 0.8, 2.0, 3.0, 4.0])
+@pytest.mark.parametrize("seconds", [CHUNK_SECONDS, (0.01,), (0.3, 1 / SAMPLE_RATE, 0.0421)])
+def test_streamed_tempo_is_the_whole_clip_tempo(speech, seconds, speed):
+    # Equal to the sample however the input is chunked: TempoStream feeds atempo fixed-size frames.
+    writes, rest = tempo_streamed(speech, speed, seconds)
+    np.testing.assert_array_equal(np.concatenate(writes + [rest]), change_tempo(speech, speed))
+
+
+@pytest.mark.parametrize("speed", [0.5, 2.0])
+def test_streamed_tempo_is_incremental(speech, speed):
+    writes, rest = tempo_streamed(speech[:3 * SAMPLE_RATE], speed, (0.5,))
+    assert len(writes) == 6 and all(len(chunk) for chunk in writes), [len(chunk) for chunk in writes]
+    # Output keeps up with the input: close() holds back well under one 0.5 s chunk.
+    assert len(rest) * speed <= 0.15 * SAMPLE_RATE
+
+
+def test_streamed_tempo_of_one_is_the_input(speech):
+    tempo = TempoStream(1.0)
+    chunks = in_chunks(speech)
+    assert all(tempo.write(chunk) is chunk for chunk in chunks)
+    assert len(tempo.close()) == 0

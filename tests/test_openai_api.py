@@ -132,11 +132,12 @@ def test_errors_reach_the_sdk_with_their_message(client, fields, words):
     assert raised.value.body["type"] == "invalid_request_error"
 
 
-def test_byte_stream_starts_long_before_it_ends(client):
+@pytest.mark.parametrize("speed", [1.0, 1.5])
+def test_byte_stream_starts_long_before_it_ends(client, speed):
     started = time.monotonic()
     first_at, data = None, bytearray()
     with client.audio.speech.with_streaming_response.create(
-            model="tts-1", voice="en_man", input=LONG_SCRIPT, response_format="pcm",
+            model="tts-1", voice="en_man", input=LONG_SCRIPT, response_format="pcm", speed=speed,
             extra_body={"seed": 1, "max_new_tokens": 120}) as response:
         for chunk in response.iter_bytes():
             if first_at is None and chunk:
