@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SHARED ?= ../shared
 # pip prints one line per unused local package index on some machines; hide only those lines.
-QUIET_INDEX := grep -v "is ignored: it is neither a file nor a directory" || true
+QUIET_INDEX := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 .PHONY: setup test serve voices bench
 
