@@ -87,10 +87,6 @@ class BackgroundLoader:
     def start(self) -> None:
         self._thread.start()
 
-    def wait(self, timeout: float | None = None) -> bool:
-        self._thread.join(timeout)
-        return self.status == "ready"
-
     def _run(self) -> None:
         try:
             loaded = load(self._settings)

@@ -68,10 +68,6 @@ class SlotKVCache:
         self.num_slots, self.max_len = num_slots, max_len
         self.scratch_slot = num_slots
 
-    @property
-    def bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
-
 
 class BatchedModel:
     def __init__(self, model, num_slots: int, max_len: int):

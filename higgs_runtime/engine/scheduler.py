@@ -67,10 +67,6 @@ class Scheduler:
         return handle
 
     @property
-    def queue_depth(self) -> int:
-        return len(self._waiting)
-
-    @property
     def running_count(self) -> int:
         return len(self._running)
 
