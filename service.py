@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import bentoml
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from pydantic import ValidationError
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
@@ -136,29 +136,31 @@ class HiggsAudio:
         return [VoiceSummary(name=v.name, description=v.description) for v in self.voices.list()]
 
     @http_app.get("/voices/{name}", response_model=VoiceInfo)
-    async def voice_info(self, name: str):
-        try:
-            return _voice_info(self.voices.get(name))
-        except VoiceNotFound as exc:
-            return JSONResponse({"detail": str(exc)}, 404)
+    def voice_info(self, name: str) -> VoiceInfo:
+        return _voice_info(self._voice_resource(name))
 
     @http_app.get("/voices/{name}/audio")
-    async def voice_audio(self, name: str):
-        try:
-            voice = self.voices.get(name)
-        except VoiceNotFound as exc:
-            return JSONResponse({"detail": str(exc)}, 404)
+    def voice_audio(self, name: str) -> FileResponse:
+        voice = self._voice_resource(name)
         return FileResponse(voice.audio_path, media_type="audio/wav", filename=f"{voice.name}.wav")
 
-    @http_app.delete("/voices/{name}")
-    async def delete_voice(self, name: str):
+    @http_app.delete("/voices/{name}", status_code=204)
+    def delete_voice(self, name: str) -> Response:
         try:
             self.voices.delete(name)
         except VoiceNotFound as exc:
-            return JSONResponse({"detail": str(exc)}, 404)
+            raise HTTPException(404, str(exc)) from None
         except PresetNotDeletable as exc:
-            return JSONResponse({"detail": str(exc)}, 403)
+            raise HTTPException(403, str(exc)) from None
         return Response(status_code=204)
+
+    def _voice_resource(self, name: str) -> Voice:
+        """On the voice routes an unknown name is a missing resource (404); in a generation request it
+        is a bad field (400)."""
+        try:
+            return self.voices.get(name)
+        except VoiceNotFound as exc:
+            raise HTTPException(404, str(exc)) from None
 
     # --- the seed's generation routes ---
     @bentoml.api(route="/generate")

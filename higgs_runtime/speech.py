@@ -90,6 +90,7 @@ class SpeechPlan:
     voice_from_first_chunk: bool
     context_chunks: int
     spoken: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    first_prompt: prompts.Prompt | None = None  # built when the plan is made, to check it fits
 
     def messages_and_codes(self, index: int) -> tuple[list[dict], list[np.ndarray]]:
         """Chunk `index`'s conversation: the fixed part, then earlier chunks as user text + assistant audio."""
@@ -148,7 +149,7 @@ class Synthesizer:
     def _plan(self, conversation: Conversation, text: str, voice_from_first_chunk: bool = False) -> SpeechPlan:
         chunks = split_for_generation(text, self.settings.long_form_chunk_chars)
         plan = SpeechPlan(conversation, chunks, voice_from_first_chunk, self.settings.long_form_context_chunks)
-        self._prompt(plan, 0)  # the first chunk's prompt must fit before anything is queued
+        plan.first_prompt = self._prompt(plan, 0)  # it must fit before anything is queued
         return plan
 
     def _prompt(self, plan: SpeechPlan, index: int) -> prompts.Prompt:
@@ -164,7 +165,7 @@ class Synthesizer:
         """Queues text chunk `index` (with the chunks before it as context); chunk i uses seed + i."""
         chunk_seed = None if sampling.seed is None else sampling.seed + index
         return self.scheduler.submit(GenerationRequest(
-            prompt=self._prompt(plan, index),
+            prompt=plan.first_prompt if index == 0 else self._prompt(plan, index),
             sampling=SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                                     seed=chunk_seed),
             max_new_frames=sampling.max_new_tokens,

@@ -24,7 +24,6 @@ class _Running:
     handle: RequestHandle
     slot: int
     last_frame: torch.Tensor
-    steps: int = 0
 
 
 class Scheduler:
@@ -136,25 +135,24 @@ class Scheduler:
 
     def _continue_or_finish(self, running: _Running, frame: torch.Tensor, host_frame: np.ndarray) -> None:
         handle, request = running.handle, running.handle.request
-        running.steps += 1
-        handle.steps = running.steps
+        handle.steps += 1
         if (host_frame == self.config.audio_stream_eos_id).all():
             self._finish(running, "stop")
             return
-        if running.steps > 1:  # the first frame is the all-begin marker, not audio
+        if handle.steps > 1:  # the first frame is the all-begin marker, not audio
             handle.push(host_frame)
         running.last_frame = frame
         if handle.cancelled:
             self._finish(running, "cancelled")
         elif handle.expired:
             self._finish(running, "timeout")
-        elif running.steps >= request.max_new_frames or self._cache_full(running):
+        elif handle.steps >= request.max_new_frames or self._cache_full(handle):
             self._finish(running, "length")
-        elif running.steps >= request.guard_frames and not bool(self.sampler.ending[running.slot]):
+        elif handle.steps >= request.guard_frames and not bool(self.sampler.ending[running.slot]):
             self._finish(running, "guard")
 
-    def _cache_full(self, running: _Running) -> bool:
-        return running.handle.request.prompt.num_tokens + running.steps >= self.batched.cache.max_len
+    def _cache_full(self, handle: RequestHandle) -> bool:
+        return handle.request.prompt.num_tokens + handle.steps >= self.batched.cache.max_len
 
     def _finish(self, running: _Running, reason: str, error: str | None = None) -> None:
         self._running.remove(running)
