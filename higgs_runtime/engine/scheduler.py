@@ -55,13 +55,19 @@ class Scheduler:
             self._wakeup.notify_all()
         self._thread.join(timeout=30)
 
-    def submit(self, request: GenerationRequest) -> RequestHandle:
+    def submit(self, request: GenerationRequest, follow_up: bool = False) -> RequestHandle:
+        """Queues a request. Up to the free slots plus `max_queue_size` wait at once; beyond that a new
+        request gets `QueueFull`. A `follow_up` (the next text chunk of a request already admitted) is
+        never refused and goes ahead of new arrivals, so an accepted request never fails half-way."""
         handle = RequestHandle(request)
         with self._wakeup:
-            if len(self._waiting) >= self.max_queue_size:
-                raise QueueFull(f"the server is busy: {len(self._running)} requests are generating and "
-                                f"{len(self._waiting)} are queued (the limit); retry shortly")
-            self._waiting.append(handle)
+            if follow_up:
+                self._waiting.appendleft(handle)
+            else:
+                if len(self._waiting) >= self.max_queue_size + len(self._free_slots):
+                    raise QueueFull(f"the server is busy: {len(self._running)} requests are generating and "
+                                    f"{len(self._waiting)} are queued (the limit); retry shortly")
+                self._waiting.append(handle)
             self._wakeup.notify_all()
         return handle
 
