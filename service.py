@@ -37,7 +37,8 @@ for name in ("higgs_audio", "higgs_runtime"):
 settings = Settings.from_env()
 UPLOAD_ROUTE = "/upload-voice"
 OPEN_PATHS = frozenset({"/health", "/livez", "/readyz"})
-TINY_RANDOM_NOTE = "tiny-random is a tiny randomly initialised model for offline testing: it produces noise, not speech"
+RANDOM_PRESET_NOTE = ("{} is a small randomly initialised model for offline testing and benchmarks: it produces "
+                      "noise, not speech")
 
 http_app = FastAPI(title="Higgs Audio v2 server")
 
@@ -129,7 +130,7 @@ class HiggsAudio:
         return Health(status=status, model_loaded=self.synthesizer is not None, device=device,
                       voices_available=len(self.voices.list()), model_path=settings.model_path,
                       audio_tokenizer_path=settings.audio_tokenizer_path, version=__version__,
-                      error=self.loader.error, note=TINY_RANDOM_NOTE if settings.is_tiny_random else None)
+                      error=self.loader.error, note=RANDOM_PRESET_NOTE.format(settings.model_path) if settings.is_random_preset else None)
 
     @http_app.get("/voices", response_model=list[VoiceSummary])
     def list_voices(self) -> list[VoiceSummary]:

@@ -32,7 +32,7 @@ from higgs_runtime.engine.requests import GenerationRequest  # noqa: E402
 from higgs_runtime.engine.sampling import SamplingParams  # noqa: E402
 from higgs_runtime.engine.scheduler import Scheduler  # noqa: E402
 from higgs_runtime.streaming import StreamingConfig, StreamingDecoder  # noqa: E402
-from higgs_runtime.tiny_random import ensure_built, model_config  # noqa: E402
+from higgs_runtime.tiny_random import ensure_built, ensure_preset, model_config  # noqa: E402
 
 FRAMES_PER_SECOND = 25
 TEXT = "The quick brown fox jumps over the lazy dog, and then it takes a long rest in the warm afternoon sun."
@@ -97,8 +97,7 @@ def load_preset(preset: str, device: torch.device, cache_dir: Path):
         with torch.device(device):
             model = HiggsAudioV2ForConditionalGeneration(config).to(dtype).eval()
     else:
-        sizes = {"tiny-random": {}, "small-random": {"hidden_size": 512, "num_layers": 4}}[preset]
-        paths = ensure_built(cache_dir, name=preset, **sizes)
+        paths = ensure_preset(cache_dir, preset)
         model = HiggsAudioV2ForConditionalGeneration.from_pretrained(paths.model, dtype=dtype).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(paths.model)
     codec = HiggsAudioV2TokenizerModel.from_pretrained(paths.audio_tokenizer).to(device).eval()

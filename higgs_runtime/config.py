@@ -10,7 +10,8 @@ from .streaming import StreamingConfig
 
 DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
 DEFAULT_AUDIO_TOKENIZER = "bosonai/higgs-audio-v2-tokenizer"
-TINY_RANDOM = "tiny-random"
+# Offline presets: the real architecture with random weights (they produce noise, not speech).
+RANDOM_PRESETS = ("tiny-random", "small-random")
 # Raw URL prefix of the reference repository's voice prompts, pinned to one commit.
 DEFAULT_VOICE_SOURCE = (
     "https://raw.githubusercontent.com/boson-ai/higgs-audio/"
@@ -26,6 +27,16 @@ def _default_data_dir() -> Path:
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "higgs-audio-server"
+
+
+def _parse(raw: str, kind: type):
+    if issubclass(kind, Path):
+        return Path(raw).expanduser()
+    if kind is bool:
+        if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
+            raise ValueError(raw)
+        return raw.lower() in ("1", "true", "yes")
+    return kind(raw)
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,10 @@ class Settings:
     max_batch_size: int = 8
     max_queue_size: int = 64
     max_seq_len: int = 4096
+    # KV cache budget in tokens, shared by all requests (0: max_batch_size x max_seq_len).
+    kv_cache_tokens: int = 0
+    # Capture each decode-step shape as a CUDA graph and replay it (CUDA only).
+    cuda_graphs: bool = True
     ras_window: int = 7
     ras_max_repeat: int = 2
     request_timeout_s: float = 600.0
@@ -74,7 +89,7 @@ class Settings:
                 continue
             kind = type(field.default)
             try:
-                values[field.name] = Path(raw).expanduser() if issubclass(kind, Path) else kind(raw)
+                values[field.name] = _parse(raw, kind)
             except ValueError as exc:
                 raise ValueError(f"HIGGS_{field.name.upper()}={raw!r} is not a valid {kind.__name__}") from exc
         settings = cls(**values)
@@ -88,6 +103,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"HIGGS_{name.upper()} must be positive")
+        if self.kv_cache_tokens and self.kv_cache_tokens < self.max_seq_len:
+            raise ValueError("HIGGS_KV_CACHE_TOKENS must hold at least one sequence of HIGGS_MAX_SEQ_LEN tokens")
         if self.ras_window < 0 or self.ras_max_repeat < 1:
             raise ValueError("HIGGS_RAS_WINDOW must be >= 0 (0 turns RAS off) and HIGGS_RAS_MAX_REPEAT >= 1")
         if not 0 < self.min_reference_seconds < self.max_reference_seconds:
@@ -115,5 +132,9 @@ class Settings:
         return self.data_dir / "presets"
 
     @property
-    def is_tiny_random(self) -> bool:
-        return self.model_path == TINY_RANDOM
+    def kv_budget_tokens(self) -> int:
+        return self.kv_cache_tokens or self.max_batch_size * self.max_seq_len
+
+    @property
+    def is_random_preset(self) -> bool:
+        return self.model_path in RANDOM_PRESETS

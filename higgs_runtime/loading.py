@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import TINY_RANDOM, Settings
+from .config import RANDOM_PRESETS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,13 @@ def load(settings: Settings) -> LoadedModel:
     dtype = dtype_for(device)
     model_path, codec_path = settings.model_path, settings.audio_tokenizer_path
     codec_id = codec_path
-    if TINY_RANDOM in (model_path, codec_path):
+    if model_path in RANDOM_PRESETS or codec_path in RANDOM_PRESETS:
         if model_path != codec_path:
-            raise ValueError("tiny-random must be used for both --model-path and --audio-tokenizer-path")
-        from .tiny_random import ensure_built
+            raise ValueError(f"a random preset must be used for both --model-path and --audio-tokenizer-path "
+                             f"({' or '.join(RANDOM_PRESETS)})")
+        from .tiny_random import ensure_preset
 
-        built = ensure_built(settings.cache_dir)
+        built = ensure_preset(settings.cache_dir, model_path)
         codec_id = built.audio_tokenizer.parent.name
         model_path, codec_path = str(built.model), str(built.audio_tokenizer)
     log.info("loading model %s and audio tokenizer %s on %s (%s)", model_path, codec_path, device, dtype)

@@ -24,10 +24,17 @@ class ServiceMetrics:
         self.queue_depth = Gauge("higgs_queue_depth", "Requests waiting for a decoding slot", multiprocess_mode="livesum")
         self.running = Gauge("higgs_running_batch_size", "Requests being decoded together",
                              multiprocess_mode="livesum")
+        self.kv_blocks_used = Gauge("higgs_kv_cache_blocks_used", "KV cache blocks holding live requests",
+                                    multiprocess_mode="livesum")
+        self.kv_blocks_total = Gauge("higgs_kv_cache_blocks_total", "KV cache blocks in the pool",
+                                     multiprocess_mode="livesum")
 
-    def observe_engine(self, queue_depth: int, running: int) -> None:
-        self.queue_depth.set(queue_depth)
-        self.running.set(running)
+    def observe_engine(self, load) -> None:
+        """`load`: the engine's `EngineLoad`."""
+        self.queue_depth.set(load.queue_depth)
+        self.running.set(load.running)
+        self.kv_blocks_used.set(load.kv_blocks_used)
+        self.kv_blocks_total.set(load.kv_blocks_total)
 
     def observe_request(self, started: float, first_audio: float, audio_seconds: float, finish_reason: str) -> None:
         elapsed = max(time.monotonic() - started, 1e-6)

@@ -109,8 +109,9 @@ class Synthesizer:
         self.settings = settings
         self.codec = Codec(loaded.codec, loaded.device)
         self.scheduler = Scheduler(loaded.model, settings.max_batch_size, settings.max_queue_size,
-                                   settings.max_seq_len, RepetitionAware(settings.ras_window, settings.ras_max_repeat),
-                                   on_load_change)
+                                   settings.max_seq_len, settings.kv_budget_tokens,
+                                   RepetitionAware(settings.ras_window, settings.ras_max_repeat),
+                                   settings.cuda_graphs, on_load_change)
         self.scheduler.start()
 
     def close(self) -> None:

@@ -1,9 +1,11 @@
-"""The `tiny-random` preset: a tiny, randomly initialised Higgs Audio v2 with the real architecture.
+"""The random presets: small, randomly initialised Higgs Audio v2 models with the real architecture.
 
-It keeps everything the service depends on real (special tokens and their ids, 24 kHz audio at
-25 frames/s, 8 codebooks of 1024 codes plus stream begin/end), and shrinks only the widths and
-depths. It is built from fixed seeds, saved like a real checkpoint and loaded back through the
-same `from_pretrained` code. It produces noise, not speech.
+`tiny-random` (2 layers x 64) is for tests; `small-random` (4 layers x 512, 128-wide heads) is big
+enough for the model to dominate a step, so server-level benchmarks use it. Both keep everything the
+service depends on real (special tokens and their ids, 24 kHz audio at 25 frames/s, 8 codebooks of
+1024 codes plus stream begin/end), and shrink only the widths and depths. They are built from fixed
+seeds, saved like a real checkpoint and loaded back through the same `from_pretrained` code. They
+produce noise, not speech.
 """
 
 from __future__ import annotations
@@ -162,6 +164,9 @@ def audio_tokenizer_config():
     )
 
 
+PRESET_SIZES = {"tiny-random": {}, "small-random": {"hidden_size": 512, "num_layers": 4}}
+
+
 @dataclass(frozen=True)
 class TinyRandomPaths:
     model: Path
@@ -205,3 +210,7 @@ def ensure_built(cache_dir: Path, name: str = "tiny-random", hidden_size: int = 
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return TinyRandomPaths(model=target / "model", audio_tokenizer=target / "audio_tokenizer")
+
+
+def ensure_preset(cache_dir: Path, name: str) -> TinyRandomPaths:
+    return ensure_built(cache_dir, name=name, **PRESET_SIZES[name])

@@ -14,7 +14,7 @@ from transformers import GenerationConfig
 from higgs_runtime import prompts
 from higgs_runtime.engine.delay_pattern import add_delay_pattern, undo_delay_pattern
 from higgs_runtime.engine.requests import GenerationRequest, QueueFull
-from higgs_runtime.engine.sampling import RepetitionAware, SamplingParams, SlotSampler
+from higgs_runtime.engine.sampling import RepetitionAware, SamplingParams, SlotSampler, top_k_bucket
 from higgs_runtime.engine.scheduler import Scheduler
 
 BOS, EOS = 1024, 1025
@@ -48,7 +48,19 @@ def request(prompt, temperature=0.0, seed=0, max_new_frames=60, guard_frames=NO_
                              max_new_frames, guard_frames, timeout_s=120)
 
 
-def reference_generate(model, prompt, max_new_tokens, do_sample=False, seed=0, **sampling) -> np.ndarray:
+@pytest.fixture(scope="module")
+def greedy_scheduler(tiny_model):
+    """Without RAS, greedy decoding is deterministic: generate() draws RAS redraws from torch's global
+    generator, the engine from each request's counter-based stream, so only RAS-free runs can match
+    token for token."""
+    engine = Scheduler(tiny_model.model, max_batch_size=8, max_queue_size=32, max_seq_len=2048,
+                       ras=RepetitionAware(window=0))
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+def reference_generate(model, prompt, max_new_tokens, do_sample=False, seed=0, ras=True, **sampling) -> np.ndarray:
     """transformers' own generate(): the frames after the all-begin frame, before the all-end frame."""
     ids = torch.tensor([prompt.input_ids])
     kwargs = {}
@@ -56,7 +68,7 @@ def reference_generate(model, prompt, max_new_tokens, do_sample=False, seed=0, *
         audio = torch.from_numpy(prompt.audio_frames)[None]
         kwargs = {"audio_input_ids": audio, "audio_input_ids_mask": torch.ones(audio.shape[:2], dtype=torch.bool)}
     config = GenerationConfig(do_sample=do_sample, max_new_tokens=max_new_tokens, eos_token_id=128009,
-                              pad_token_id=128001, ras_win_len=7, ras_win_max_num_repeat=2, **sampling)
+                              pad_token_id=128001, ras_win_len=7 if ras else None, ras_win_max_num_repeat=2, **sampling)
     torch.manual_seed(seed)
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config, **kwargs)
     frames = out[0, len(prompt.audio_frames):].numpy()
@@ -66,10 +78,10 @@ def reference_generate(model, prompt, max_new_tokens, do_sample=False, seed=0, *
 
 
 @pytest.mark.parametrize("mode", ["plain", "plain_scene", "clone", "multi_no_voices", "multi_voices"])
-def test_greedy_output_equals_transformers_generate(tiny_model, reference_clips, scheduler, mode):
+def test_greedy_output_equals_transformers_generate(tiny_model, reference_clips, greedy_scheduler, mode):
     prompt = mode_prompts(tiny_model, reference_clips)[mode]
-    expected = reference_generate(tiny_model.model, prompt, max_new_tokens=60)
-    result = scheduler.submit(request(prompt, max_new_frames=60)).result(120)
+    expected = reference_generate(tiny_model.model, prompt, max_new_tokens=60, ras=False)
+    result = greedy_scheduler.submit(request(prompt, max_new_frames=60)).result(120)
     assert np.array_equal(result.frames, expected), mode
 
 
@@ -120,13 +132,14 @@ def test_a_full_cache_slot_ends_the_request(tiny_model):
     assert result.finish_reason == "length" and result.steps == 20
 
 
-def test_full_queue_is_refused(tiny_model):
-    engine = Scheduler(tiny_model.model, max_batch_size=1, max_queue_size=2, max_seq_len=512)  # not started
+def test_free_slots_plus_the_queue_are_accepted_then_refused(tiny_model):
+    engine = Scheduler(tiny_model.model, max_batch_size=2, max_queue_size=2, max_seq_len=512)  # not started
     prompt = prompts.tokenize(prompts.plain_messages("hi", None), [], tiny_model.tokenizer, tiny_model.config)
-    engine.submit(request(prompt))
-    engine.submit(request(prompt))
+    for _ in range(4):
+        engine.submit(request(prompt))
     with pytest.raises(QueueFull, match="busy"):
         engine.submit(request(prompt))
+    engine.submit(request(prompt), follow_up=True)  # an admitted request's next chunk is never refused
 
 
 def wait_for(condition, timeout=10.0):
@@ -181,9 +194,10 @@ class OneRequest:
         self.sampler = SlotSampler(1, 8, 1026, BOS, EOS, RepetitionAware(window=ras_window), torch.device("cpu"))
         params = SamplingParams(temperature=temperature, seed=seed, top_k=top_k, top_p=top_p)
         self.sampler.start(0, params, torch.zeros((0, 8), dtype=torch.long))
+        self.top_k = top_k_bucket([top_k], 1026)
 
     def next_frame(self, logits):
-        return self.sampler.next_frames([0], logits[None])[0]
+        return self.sampler.next_frames(torch.tensor([0]), logits[None], self.top_k)[0]
 
 
 def favouring(code: int, strength: float = 5.0) -> torch.Tensor:

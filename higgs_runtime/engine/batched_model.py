@@ -1,14 +1,15 @@
-"""The model's forward passes for serving: prefill one request into a cache slot, and decode one
-frame for many requests at once over a preallocated, bounded KV cache.
+"""The model's forward passes for serving: prefill one request into its cache blocks, and decode
+one frame for many requests at once over the paged KV cache.
 
 Prefill runs transformers' own forward (mixed text and audio positions, dual FFN routing) and
-copies the keys and values into the request's slot. Decode positions are all audio, so the step
-applies each layer's audio path directly, reading the model's own weights.
+copies the keys and values into the request's blocks. Decode positions are all audio, so the step
+applies each layer's audio path directly, reading the model's own weights, and attends over the
+live blocks only (`paged_attention`).
 
 On CPU the decode path's weights are prepacked for oneDNN: at a few rows it is several times faster
 than MKL's GEMM, and each row's result is the same whatever the batch size (MKL changes its
 blocking with the row count), which keeps a request's output independent of its neighbours. On GPU
-decode batches are padded to a power of two, a few static shapes that suit CUDA graphs.
+batch sizes and gathered lengths are padded to powers of two, a few static shapes for CUDA graphs.
 """
 
 from __future__ import annotations
@@ -18,17 +19,22 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 from transformers.models.higgs_audio_v2.modeling_higgs_audio_v2 import apply_rotary_pos_emb
 
+from .kv_cache import PagedKVCache
+from .paged_attention import paged_attention
+
 # oneDNN packs weights for an expected row count; any count then works, and gives the same bits.
 PACKING_ROWS_HINT = 8
 
 
-def decode_batch_size(active: int, device: torch.device) -> int:
+def bucket(count: int, device: torch.device, limit: int) -> int:
+    """Decode shapes (batch rows, gathered blocks): exact on CPU, the next power of two (at most
+    `limit`) on GPU, a few static shapes that CUDA graphs can be captured for."""
     if device.type == "cpu":
-        return active
+        return count
     size = 1
-    while size < active:
+    while size < count:
         size *= 2
-    return size
+    return min(size, limit)
 
 
 class DecodeLinears:
@@ -56,35 +62,21 @@ class DecodeLinears:
         return self(mlp.down_proj, mlp.act_fn(self(mlp.gate_proj, rows)) * self(mlp.up_proj, rows))
 
 
-class SlotKVCache:
-    """Keys and values for `num_slots` sequences of up to `max_len` positions, plus one scratch
-    slot that absorbs the writes of padding rows."""
-
-    def __init__(self, config, num_slots: int, max_len: int, device: torch.device, dtype: torch.dtype):
-        shape = (num_slots + 1, config.num_key_value_heads, max_len, config.head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.lengths = torch.zeros(num_slots + 1, dtype=torch.long, device=device)
-        self.num_slots, self.max_len = num_slots, max_len
-        self.scratch_slot = num_slots
-
-
 class BatchedModel:
-    def __init__(self, model, num_slots: int, max_len: int):
+    def __init__(self, model, num_slots: int, max_len: int, kv_budget_tokens: int):
         self.model = model
         self.config = model.config
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        self.cache = SlotKVCache(self.config, num_slots, max_len, self.device, self.dtype)
+        self.num_slots = num_slots
+        self.cache = PagedKVCache(self.config, num_slots, max_len, kv_budget_tokens, self.device, self.dtype,
+                                  max_batch=num_slots)
         self.linears = DecodeLinears(model, self.device)
 
     @torch.inference_mode()
     def prefill(self, slot: int, input_ids: list[int], audio_frames: torch.Tensor) -> torch.Tensor:
-        """Runs the prompt, stores its keys/values in `slot`; returns the logits of the first frame
-        as (codebooks, codebook_size) float32."""
-        length = len(input_ids)
-        if length >= self.cache.max_len:
-            raise ValueError(f"prompt of {length} tokens does not fit the {self.cache.max_len}-token cache")
+        """Runs the prompt and stores its keys/values in `slot`'s blocks (given beforehand with
+        `cache.ensure`); returns the logits of the first frame as (codebooks, codebook_size) float32."""
         ids = torch.tensor([input_ids], device=self.device)
         audio = None
         if len(audio_frames):
@@ -93,31 +85,20 @@ class BatchedModel:
         out = self.model(input_ids=ids, audio_input_ids=audio,
                          audio_input_ids_mask=None if audio is None else torch.ones(audio.shape[:2], dtype=torch.bool, device=self.device),
                          past_key_values=past, use_cache=True, logits_to_keep=1)
-        for index, layer in enumerate(past.layers):
-            self.cache.keys[index][slot, :, :length] = layer.keys[0]
-            self.cache.values[index][slot, :, :length] = layer.values[0]
-        self.cache.lengths[slot] = length
+        self.cache.store_prompt(slot, [layer.keys[0] for layer in past.layers], [layer.values[0] for layer in past.layers])
         return self._frame_logits(out.logits[:, -1])[0]
 
-    def release(self, slot: int) -> None:
-        self.cache.lengths[slot] = 0
-
-    @torch.inference_mode()
-    def decode(self, slots: list[int], frames: torch.Tensor) -> torch.Tensor:
-        """Feeds one frame (codebooks,) per slot; returns (len(slots), codebooks, codebook_size) float32."""
-        active = len(slots)
-        size = decode_batch_size(active, self.device)
-        cache = self.cache
-        slot_index = torch.tensor(slots + [cache.scratch_slot] * (size - active), device=self.device)
-        frames = torch.cat([frames.to(self.device),
-                            frames.new_zeros((size - active, frames.shape[1])).to(self.device)])
-        positions = cache.lengths[slot_index].clone()
-        positions[active:] = 0
-        inner, linear = self.model.model, self.linears
+    def decode(self, slots: torch.Tensor, frames: torch.Tensor, num_blocks: int) -> torch.Tensor:
+        """Feeds one frame (codebooks,) per row to the sequences of `slots` (padding rows name the
+        scratch slot) and attends over their first `num_blocks` blocks; returns
+        (rows, codebooks, codebook_size) float32. Tensor operations only: capturable."""
+        cache, inner, linear = self.cache, self.model.model, self.linears
+        size = slots.shape[0]
+        positions = cache.lengths[slots]
+        block_rows = cache.block_table[slots]
+        lengths = positions + 1
         hidden = inner.embed_audio_tokens(frames)  # (batch, hidden)
         cos, sin = inner.rotary_emb(hidden, positions[:, None])
-        visible = (torch.arange(cache.max_len, device=self.device)[None, :] <= positions[:, None])[:, None, None, :]
-        rows = torch.arange(size, device=self.device)
         for index, layer in enumerate(inner.layers):
             attention = layer.self_attn
             normed = layer.audio_input_layernorm(hidden)
@@ -126,17 +107,15 @@ class BatchedModel:
             key = linear(attention.k_proj, normed).view(shape)
             value = linear(attention.v_proj, normed).view(shape)
             query, key = apply_rotary_pos_emb(query, key, cos, sin)
-            keys, values = cache.keys[index], cache.values[index]
-            keys[slot_index, :, positions] = key[rows, :, 0]
-            values[slot_index, :, positions] = value[rows, :, 0]
-            context = F.scaled_dot_product_attention(
-                query, keys[slot_index], values[slot_index], attn_mask=visible,
-                scale=attention.scaling, enable_gqa=True)
+            cache.append(index, block_rows, positions, key[:, :, 0], value[:, :, 0])
+            keys, values = cache.gather(index, block_rows, num_blocks)
+            context = paged_attention(query[:, :, 0], keys, values, lengths, attention.scaling)
             hidden = hidden + linear(attention.o_proj, context.reshape(size, -1))
             hidden = hidden + linear.mlp(layer.audio_mlp, layer.audio_post_attention_layernorm(hidden))
         logits = linear(self.model.audio_lm_head, inner.norm(hidden))
-        cache.lengths[slot_index[:active]] += 1
-        return self._frame_logits(logits[:active])
+        cache.lengths[slots] = lengths
+        cache.lengths[cache.scratch_slot] = 0
+        return self._frame_logits(logits)
 
     def _frame_logits(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().reshape(logits.shape[0], self.config.num_codebooks, self.config.codebook_size)

@@ -20,6 +20,10 @@ class QueueFull(Exception):
     """The engine's waiting queue is full; the caller should retry later."""
 
 
+class RequestTooLarge(ValueError):
+    """The request could never fit the engine's KV cache, however long it waited."""
+
+
 @dataclass
 class GenerationRequest:
     prompt: Prompt

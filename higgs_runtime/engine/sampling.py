@@ -2,16 +2,24 @@
 
 Follows transformers' Higgs Audio v2 generation step by step (delay-pattern forcing of stream
 begin/end, temperature, top-k, top-p, then repetition-aware sampling), so greedy output matches
-`generate()`. Unlike `generate()`, every request has its own parameters and its own random
-generator: the math runs batched, but each row's result depends only on its own logits and seed,
-never on the rest of the batch.
+`generate()`. Unlike `generate()`, every request has its own parameters and its own random stream:
+the math runs batched with fixed shapes, and each row's result depends only on its own logits, its
+seed and how many frames it has drawn, never on the rest of the batch.
+
+Random numbers are counter-based: a draw's uniform is a hash of (seed, draw number, codebook,
+purpose), computed with integer tensor operations. There is no generator object per request and no
+host synchronisation, so the sampler runs inside a captured or compiled decode step.
 """
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 import torch
+
+_MASK32 = 0xFFFFFFFF
+_SAMPLE, _REDRAW = 0, 1  # the two purposes a step draws numbers for
 
 
 @dataclass(frozen=True)
@@ -32,33 +40,70 @@ class RepetitionAware:
     max_repeat: int = 2
 
 
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash with full avalanche, in int64 arithmetic that never overflows."""
+    x = x & _MASK32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
+    return (x >> 16) ^ x
+
+
+def counter_uniforms(seed_low: torch.Tensor, seed_high: torch.Tensor, draw: torch.Tensor, purpose: int,
+                     count: int) -> torch.Tensor:
+    """(rows, count) uniforms in [0, 1): a pure function of each row's seed halves and draw number."""
+    key = _mix32(_mix32(seed_low ^ _mix32(seed_high + purpose)) + draw)
+    lanes = torch.arange(count, device=draw.device) * 0x9E3779B1
+    bits = _mix32(key[:, None] ^ (lanes & _MASK32))
+    return (bits >> 8).float() / float(1 << 24)
+
+
+def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Indices drawn from `probs` (..., n) with one uniform per distribution (...)."""
+    cumulative = probs.cumsum(-1)
+    picks = torch.searchsorted(cumulative, (uniforms * cumulative[..., -1])[..., None], right=True)
+    return picks.clamp_(max=probs.shape[-1] - 1).squeeze(-1)
+
+
+def top_k_bucket(top_ks: list[int], vocab: int) -> int:
+    """How many best codes a batch's sampling must keep: a power of two covering every row's top-k
+    (all of them when a row has top-k off), so a few shapes serve every batch."""
+    wanted = max((k if 0 < k < vocab else vocab for k in top_ks), default=1)
+    size = 1
+    while size < wanted:
+        size *= 2
+    return min(size, vocab)
+
+
 class SlotSampler:
     """Per-slot stream state kept in batch tensors (which codebooks are still forced to begin or end,
-    the RAS window, the sampling parameters) and one random generator per slot, so a step's work is
-    a handful of batched operations whatever the batch size."""
+    the RAS window, the sampling parameters, the random stream's seed and position). `start` runs on
+    the host when a request is admitted; `next_frames` is tensor operations only."""
 
     def __init__(self, num_slots: int, num_codebooks: int, codebook_size: int, stream_bos: int, stream_eos: int,
                  ras: RepetitionAware, device: torch.device):
         self.stream_bos, self.stream_eos, self.ras, self.device = stream_bos, stream_eos, ras, device
+        self.codebook_size = codebook_size
         codes = torch.arange(codebook_size, device=device)
         self._not_bos, self._not_eos, self._is_eos = codes != stream_bos, codes != stream_eos, codes == stream_eos
         self._delays = torch.arange(num_codebooks, device=device)
-        self.begin_countdown = torch.zeros((num_slots, num_codebooks), dtype=torch.long, device=device)
+        rows = num_slots + 1  # the last row serves the padding rows of a bucketed batch
+        self.begin_countdown = torch.zeros((rows, num_codebooks), dtype=torch.long, device=device)
         self.end_countdown = torch.zeros_like(self.begin_countdown)
-        self.ending = torch.zeros(num_slots, dtype=torch.bool, device=device)
-        self.window = torch.full((num_slots, ras.window, num_codebooks), -1, dtype=torch.long, device=device)
-        self.temperature = torch.zeros(num_slots, device=device)
-        self.top_p = torch.ones(num_slots, device=device)
-        self.ignore_end = torch.zeros(num_slots, dtype=torch.bool, device=device)
-        self.top_k = [0] * num_slots
-        self.generators = [torch.Generator(device=device) for _ in range(num_slots)]
+        self.ending = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.window = torch.full((rows, max(ras.window, 1), num_codebooks), -1, dtype=torch.long, device=device)
+        self.temperature = torch.zeros(rows, device=device)
+        self.top_p = torch.ones(rows, device=device)
+        self.top_k = torch.zeros(rows, dtype=torch.long, device=device)
+        self.ignore_end = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.seed_low = torch.zeros(rows, dtype=torch.long, device=device)
+        self.seed_high = torch.zeros(rows, dtype=torch.long, device=device)
+        self.draws = torch.zeros(rows, dtype=torch.long, device=device)
 
     def start(self, slot: int, params: SamplingParams, history: torch.Tensor) -> None:
         """Resets `slot` for a new request; `history` is the prompt's audio frames (RAS looks back into them)."""
-        if params.seed is None:
-            self.generators[slot].seed()
-        else:
-            self.generators[slot].manual_seed(params.seed)
+        seed = secrets.randbits(63) if params.seed is None else params.seed
+        self.seed_low[slot], self.seed_high[slot] = seed & _MASK32, seed >> 32
+        self.draws[slot] = 0
         # The prompt ends with <|audio_out_bos|>: the first frame is all stream-begin and codebook k
         # keeps emitting it for k more frames. Once any codebook ends, codebook k is forced to
         # stream-end k + 1 frames later.
@@ -72,65 +117,51 @@ class SlotSampler:
             self.window[slot, self.ras.window - len(recent):] = recent
         self.temperature[slot] = params.temperature
         self.top_p[slot] = params.top_p
+        self.top_k[slot] = params.top_k if 0 < params.top_k < self.codebook_size else self.codebook_size
         self.ignore_end[slot] = params.ignore_stream_end
-        self.top_k[slot] = params.top_k
 
-    def next_frames(self, slots: list[int], logits: torch.Tensor) -> torch.Tensor:
-        """logits: (batch, codebooks, codebook_size) float32 for `slots` -> next frames (batch, codebooks)."""
-        index = torch.tensor(slots, device=self.device)
-        logits = logits.masked_fill(self.ignore_end[index][:, None, None] & self._is_eos, -torch.inf)
-        scores = self._force_stream_markers(index, logits)
-        frames = scores.argmax(-1)
-        temperature = self.temperature[index]
-        sampled = (temperature > 0).nonzero().flatten().tolist()
-        if sampled:
-            frames[sampled] = self._sample([slots[row] for row in sampled], scores[sampled], temperature[sampled])
+    def next_frames(self, slots: torch.Tensor, logits: torch.Tensor, top_k: int) -> torch.Tensor:
+        """logits: (batch, codebooks, codebook_size) float32 for `slots` -> next frames (batch,
+        codebooks). `top_k` (see `top_k_bucket`) covers every row's own top-k."""
+        logits = logits.masked_fill(self.ignore_end[slots][:, None, None] & self._is_eos, -torch.inf)
+        scores = self._force_stream_markers(slots, logits)
+        temperature = self.temperature[slots]
+        greedy = scores.argmax(-1)
+        sampled = self._sample(slots, scores / torch.where(temperature > 0, temperature, 1.0)[:, None, None], top_k)
+        frames = torch.where((temperature > 0)[:, None], sampled, greedy)
         if self.ras.window:
-            self._redraw_repeats(slots, index, frames, logits)
-        self.ending[index] |= (frames == self.stream_eos).any(-1)
+            frames = self._redraw_repeats(slots, frames, logits)
+        self.ending[slots] |= (frames == self.stream_eos).any(-1)
+        self.draws[slots] += 1
         return frames
 
-    def _force_stream_markers(self, index: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        begin = self.begin_countdown[index] >= 0
-        self.begin_countdown[index] -= 1
-        self.end_countdown[index] -= self.ending[index, None].long()
-        end = self.end_countdown[index] <= 0
+    def _force_stream_markers(self, slots: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        begin = self.begin_countdown[slots] >= 0
+        self.begin_countdown[slots] -= 1
+        self.end_countdown[slots] -= self.ending[slots, None].long()
+        end = self.end_countdown[slots] <= 0
         forced_away = (begin[..., None] & self._not_bos) | (end[..., None] & self._not_eos)
         return logits.masked_fill(forced_away, -torch.inf)
 
-    def _sample(self, slots: list[int], scores: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-        """Temperature, top-k and top-p per row, then a draw from each slot's own generator. Rows are
-        grouped by top-k so each row's arithmetic has the same shape whatever its neighbours ask."""
-        vocab = scores.shape[-1]
-        groups: dict[int, list[int]] = {}
-        for row, slot in enumerate(slots):
-            top_k = self.top_k[slot]
-            groups.setdefault(top_k if 0 < top_k < vocab else vocab, []).append(row)
-        codes = torch.empty(scores.shape[:2], dtype=torch.long, device=scores.device)
-        for top_k, rows in groups.items():
-            group_slots = [slots[row] for row in rows]
-            codes[rows] = self._sample_top_k(group_slots, scores[rows] / temperature[rows, None, None], top_k)
-        return codes
+    def _uniforms(self, slots: torch.Tensor, purpose: int, codebooks: int) -> torch.Tensor:
+        return counter_uniforms(self.seed_low[slots], self.seed_high[slots], self.draws[slots], purpose, codebooks)
 
-    def _sample_top_k(self, slots: list[int], scores: torch.Tensor, top_k: int) -> torch.Tensor:
+    def _sample(self, slots: torch.Tensor, scores: torch.Tensor, top_k: int) -> torch.Tensor:
+        """Top-k, then top-p, then one draw per codebook from each row's own random stream."""
         ordered, order = scores.topk(top_k, dim=-1, sorted=True)
+        rank = torch.arange(top_k, device=scores.device)
+        ordered = ordered.masked_fill(rank >= self.top_k[slots][:, None, None], -torch.inf)
         probs = ordered.softmax(-1)
         mass_before = probs.cumsum(-1) - probs
-        top_p = self.top_p[torch.tensor(slots, device=self.device)]
-        ordered = ordered.masked_fill(mass_before >= top_p[:, None, None], -torch.inf)  # the best code always stays
-        cumulative = ordered.softmax(-1).cumsum(-1)
-        uniforms = torch.stack([torch.rand(scores.shape[1], generator=self.generators[slot], device=self.device)
-                                for slot in slots])
-        picks = torch.searchsorted(cumulative, (uniforms * cumulative[..., -1])[..., None], right=True)
-        return order.gather(-1, picks.clamp_(max=top_k - 1)).squeeze(-1)
+        kept = probs.masked_fill(mass_before >= self.top_p[slots][:, None, None], 0.0)  # the best code always stays
+        picks = _inverse_cdf(kept, self._uniforms(slots, _SAMPLE, scores.shape[1]))
+        return order.gather(-1, picks[..., None]).squeeze(-1)
 
-    def _redraw_repeats(self, slots: list[int], index: torch.Tensor, frames: torch.Tensor, logits: torch.Tensor) -> None:
-        windows = self.window[index]  # (batch, window, codebooks)
+    def _redraw_repeats(self, slots: torch.Tensor, frames: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        windows = self.window[slots]  # (batch, window, codebooks)
         counted = (windows != self.stream_bos) & (windows != self.stream_eos)
         redraw = ((windows == frames[:, None, :]) & counted).sum(1) >= self.ras.max_repeat
-        for row in redraw.any(-1).nonzero().flatten().tolist():
-            codebooks = redraw[row]
-            # One multinomial call per request on its own generator, as generate() draws them.
-            frames[row, codebooks] = torch.multinomial(logits[row, codebooks].softmax(-1), 1, replacement=True,
-                                                       generator=self.generators[slots[row]]).view(-1)
-        self.window[index] = torch.cat([windows[:, 1:], frames[:, None]], dim=1)
+        redrawn = _inverse_cdf(logits.softmax(-1), self._uniforms(slots, _REDRAW, frames.shape[1]))
+        frames = torch.where(redraw, redrawn, frames)
+        self.window[slots] = torch.cat([windows[:, 1:], frames[:, None]], dim=1)
+        return frames

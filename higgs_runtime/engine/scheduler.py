@@ -1,6 +1,11 @@
 """Continuous batching: one thread owns the model; at every decoding step it admits waiting
-requests into free cache slots (prefill), decodes one frame for every running request, and
-finishes requests the moment they end, while the others go on."""
+requests into free slots (prefill into paged KV blocks), decodes one frame for every running
+request, and finishes requests the moment they end, while the others go on.
+
+Admission is first come, first served and bounded twice: by free slots (rows of the batch) and by
+KV blocks (a request is admitted only when the blocks it could ever need can be reserved, so it
+never fails half-way; until then it waits in the queue).
+"""
 
 from __future__ import annotations
 
@@ -12,38 +17,54 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .batched_model import BatchedModel
-from .requests import GenerationRequest, QueueFull, RequestHandle
-from .sampling import RepetitionAware, SlotSampler
+from .batched_model import BatchedModel, bucket
+from .decode_step import DecodeStep
+from .paged_attention import blocks_for
+from .requests import GenerationRequest, QueueFull, RequestHandle, RequestTooLarge
+from .sampling import RepetitionAware, SlotSampler, top_k_bucket
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    queue_depth: int
+    running: int
+    kv_blocks_used: int
+    kv_blocks_total: int
 
 
 @dataclass(eq=False)  # identity: two running requests are never "equal"
 class _Running:
     handle: RequestHandle
     slot: int
-    last_frame: torch.Tensor
+    cached_tokens: int  # positions in the KV cache
+    audio_ending: bool = False  # a codebook has emitted stream-end
 
 
 class Scheduler:
     def __init__(self, model, max_batch_size: int, max_queue_size: int, max_seq_len: int,
-                 ras: RepetitionAware = RepetitionAware(), on_load_change=None):
-        self.batched = BatchedModel(model, max_batch_size, max_seq_len)
+                 kv_cache_tokens: int | None = None, ras: RepetitionAware = RepetitionAware(),
+                 cuda_graphs: bool = True, on_load_change=None):
+        """`kv_cache_tokens` is the KV budget shared by all requests (default: max_batch_size x max_seq_len)."""
+        self.batched = BatchedModel(model, max_batch_size, max_seq_len, kv_cache_tokens or max_batch_size * max_seq_len)
         self.config = model.config
+        self.device = self.batched.device
         self.sampler = SlotSampler(max_batch_size, self.config.num_codebooks, self.config.codebook_size,
-                                   self.config.audio_stream_bos_id, self.config.audio_stream_eos_id, ras,
-                                   self.batched.device)
-        self.max_queue_size = max_queue_size
+                                   self.config.audio_stream_bos_id, self.config.audio_stream_eos_id, ras, self.device)
+        self.step = DecodeStep(self.batched, self.sampler, cuda_graphs)
+        self.max_batch_size, self.max_queue_size, self.max_seq_len = max_batch_size, max_queue_size, max_seq_len
         self._waiting: collections.deque[RequestHandle] = collections.deque()
         self._running: list[_Running] = []
         self._free_slots = list(range(max_batch_size))
+        self._batch_slots: torch.Tensor | None = None  # the running rows' slots, padded; rebuilt when they change
+        self._top_k = 1
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="engine-scheduler", daemon=True)
-        # Called with (queue depth, running requests) whenever they change.
+        # Called with an EngineLoad whenever it changes.
         self._on_load_change = on_load_change
-        self._last_load = (0, 0)
+        self._last_load: EngineLoad | None = None
 
     # --- public, any thread ---
     def start(self) -> None:
@@ -58,7 +79,11 @@ class Scheduler:
     def submit(self, request: GenerationRequest, follow_up: bool = False) -> RequestHandle:
         """Queues a request. Up to the free slots plus `max_queue_size` wait at once; beyond that a new
         request gets `QueueFull`. A `follow_up` (the next text chunk of a request already admitted) is
-        never refused and goes ahead of new arrivals, so an accepted request never fails half-way."""
+        never refused and goes ahead of new arrivals, so an accepted request never fails half-way.
+        A request that could never fit the cache gets `RequestTooLarge` at once."""
+        if request.prompt.num_tokens >= self.max_seq_len:
+            raise RequestTooLarge(f"the prompt is {request.prompt.num_tokens} tokens long; the engine's limit per "
+                                  f"request is {self.max_seq_len} tokens (prompt and audio together)")
         handle = RequestHandle(request)
         with self._wakeup:
             if follow_up:
@@ -75,12 +100,17 @@ class Scheduler:
     def running_count(self) -> int:
         return len(self._running)
 
+    @property
+    def load(self) -> EngineLoad:
+        cache = self.batched.cache
+        return EngineLoad(len(self._waiting), len(self._running), cache.blocks_used, cache.num_blocks)
+
     # --- the scheduler thread ---
     def _report_load(self) -> None:
-        load = (len(self._waiting), len(self._running))
+        load = self.load
         if self._on_load_change and load != self._last_load:
             self._last_load = load
-            self._on_load_change(*load)
+            self._on_load_change(load)
 
     def _loop(self) -> None:
         while True:
@@ -104,64 +134,79 @@ class Scheduler:
             handle.finish("cancelled")
 
     def _admit(self) -> None:
+        """First come, first served: the head of the queue waits for KV blocks rather than being overtaken."""
+        cache = self.batched.cache
         while self._free_slots:
             with self._wakeup:
                 if not self._waiting:
                     return
-                handle = self._waiting.popleft()
-            if handle.cancelled or handle.expired:
-                handle.finish("cancelled" if handle.cancelled else "timeout")
-                continue
-            slot = self._free_slots.pop()
-            try:
-                self._prefill(handle, slot)
-            except ValueError as exc:
-                self._free_slots.append(slot)
-                handle.finish("error", str(exc))
+                handle = self._waiting[0]
+                if handle.cancelled or handle.expired:
+                    self._waiting.popleft()
+                    handle.finish("cancelled" if handle.cancelled else "timeout")
+                    continue
+                request = handle.request
+                slot = self._free_slots[-1]
+                if not cache.reserve(slot, request.prompt.num_tokens + request.max_new_frames):
+                    return
+                self._waiting.popleft()
+                self._free_slots.pop()
+            self._prefill(_Running(handle, slot, cached_tokens=request.prompt.num_tokens))
 
-    def _prefill(self, handle: RequestHandle, slot: int) -> None:
-        prompt = handle.request.prompt
-        audio = torch.from_numpy(prompt.audio_frames)
-        logits = self.batched.prefill(slot, prompt.input_ids, audio)
-        self.sampler.start(slot, handle.request.sampling, audio)
-        running = _Running(handle, slot, last_frame=None)
+    def _prefill(self, running: _Running) -> None:
+        request, slot = running.handle.request, running.slot
+        audio = torch.from_numpy(request.prompt.audio_frames)
+        self.batched.cache.ensure(slot, request.prompt.num_tokens)
         self._running.append(running)
-        self._accept([running], logits[None])
+        self._batch_slots = None
+        with torch.inference_mode():
+            logits = self.batched.prefill(slot, request.prompt.input_ids, audio)
+            self.sampler.start(slot, request.sampling, audio)
+            slots = torch.tensor([slot], device=self.device)
+            frames = self.sampler.next_frames(slots, logits[None], top_k_bucket([request.sampling.top_k],
+                                                                                self.config.codebook_size))
+            self.step.last_frames[slot] = frames[0]
+        self._continue_or_finish(running, frames[0].cpu().numpy())
 
     def _decode_step(self) -> None:
         batch = list(self._running)
-        frames = torch.stack([r.last_frame for r in batch])
-        self._accept(batch, self.batched.decode([r.slot for r in batch], frames))
+        cache = self.batched.cache
+        if self._batch_slots is None:
+            rows = bucket(len(batch), self.device, self.max_batch_size)
+            padded = [r.slot for r in batch] + [cache.scratch_slot] * (rows - len(batch))
+            self._batch_slots = torch.tensor(padded, device=self.device)
+            self._top_k = top_k_bucket([r.handle.request.sampling.top_k for r in batch], self.config.codebook_size)
+        for running in batch:
+            cache.ensure(running.slot, running.cached_tokens + 1)
+        longest = max(blocks_for(running.cached_tokens + 1) for running in batch)
+        frames = self.step(self._batch_slots, bucket(longest, self.device, cache.max_blocks_per_seq), self._top_k)
+        on_host = frames[:len(batch)].cpu().numpy()  # the step's one device-to-host copy
+        for running, host_frame in zip(batch, on_host):
+            running.cached_tokens += 1
+            self._continue_or_finish(running, host_frame)
 
-    def _accept(self, batch: list[_Running], logits: torch.Tensor) -> None:
-        frames = self.sampler.next_frames([r.slot for r in batch], logits)
-        on_host = frames.cpu().numpy()  # one device-to-host copy per step, not one per request
-        for running, frame, host_frame in zip(batch, frames, on_host):
-            self._continue_or_finish(running, frame, host_frame)
-
-    def _continue_or_finish(self, running: _Running, frame: torch.Tensor, host_frame: np.ndarray) -> None:
+    def _continue_or_finish(self, running: _Running, host_frame: np.ndarray) -> None:
         handle, request = running.handle, running.handle.request
         handle.steps += 1
-        if (host_frame == self.config.audio_stream_eos_id).all():
+        ended = host_frame == self.config.audio_stream_eos_id
+        running.audio_ending |= bool(ended.any())
+        if ended.all():
             self._finish(running, "stop")
             return
         if handle.steps > 1:  # the first frame is the all-begin marker, not audio
             handle.push(host_frame)
-        running.last_frame = frame
         if handle.cancelled:
             self._finish(running, "cancelled")
         elif handle.expired:
             self._finish(running, "timeout")
-        elif handle.steps >= request.max_new_frames or self._cache_full(handle):
+        elif handle.steps >= request.max_new_frames or running.cached_tokens + 1 >= self.max_seq_len:
             self._finish(running, "length")
-        elif handle.steps >= request.guard_frames and not bool(self.sampler.ending[running.slot]):
+        elif handle.steps >= request.guard_frames and not running.audio_ending:
             self._finish(running, "guard")
-
-    def _cache_full(self, handle: RequestHandle) -> bool:
-        return handle.request.prompt.num_tokens + handle.steps >= self.batched.cache.max_len
 
     def _finish(self, running: _Running, reason: str, error: str | None = None) -> None:
         self._running.remove(running)
-        self.batched.release(running.slot)
+        self._batch_slots = None
+        self.batched.cache.release(running.slot)
         self._free_slots.append(running.slot)
         running.handle.finish(reason, error)
