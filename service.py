@@ -20,7 +20,7 @@ from higgs_runtime import __version__
 from higgs_runtime.audio import SAMPLE_RATE, AudioInputError, decode_audio, decode_base64_audio, duration_seconds
 from higgs_runtime.config import Settings
 from higgs_runtime.encoding import FORMATS, encode
-from higgs_runtime.engine.requests import QueueFull
+from higgs_runtime.engine.requests import QueueFull, RequestTooLarge
 from higgs_runtime.http_middleware import ApiKeyAuth, BodySizeLimit, ErrorContract, RequestId, RequestIdLogFilter
 from higgs_runtime.http_streams import audio_bytes, sse_events
 from higgs_runtime.loading import BackgroundLoader, resolve_device
@@ -54,7 +54,7 @@ def _status_for(exc: Exception) -> int | None:
         return exc.status
     if isinstance(exc, VoiceExists):
         return 409
-    if isinstance(exc, (InvalidRequest, AudioInputError, VoiceError)):
+    if isinstance(exc, (InvalidRequest, AudioInputError, VoiceError, RequestTooLarge)):
         return 400
     if isinstance(exc, QueueFull):
         return 429

@@ -1,11 +1,16 @@
-"""Engine benchmark: transformers' generate() one request at a time (the baseline) against our
-continuously batched engine at several concurrencies, measured in the same run.
+"""Engine benchmark at the server's real configuration, against transformers' generate() one
+request at a time (the baseline), measured in the same run.
 
-    python bench/engine_bench.py                       # CPU: tiny-random and small-random presets
+    python bench/engine_bench.py                       # CPU: small-random (and --preset tiny-random)
     python bench/engine_bench.py --device cuda --preset full-random   # GPU: the real 3B architecture
 
+Rows:
+- "default": the engine with the server's default settings (slots, HIGGS_MAX_SEQ_LEN, KV budget),
+  requests alternating a plain prompt and a voice-clone prompt with a 30 s reference (~900 tokens);
+- "max_seq_len N": plain prompts only (they fit 512), the same live context at max_seq_len 512, 4096
+  and 16384: a step's cost must follow the live context, not the configured maximum.
 Every request runs to exactly --frames frames (stream end is ignored) so all rows do equal work.
-Prints one table per preset with ratios against the baseline.
+"KV read/step" is what a step's attention reads, from the live lengths (mid-request average).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import psutil
 import torch
 from transformers import GenerationConfig
@@ -27,7 +33,9 @@ from transformers import GenerationConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from higgs_runtime import prompts  # noqa: E402
+from higgs_runtime.audio import decode_audio  # noqa: E402
 from higgs_runtime.codec import Codec  # noqa: E402
+from higgs_runtime.config import Settings  # noqa: E402
 from higgs_runtime.engine.requests import GenerationRequest  # noqa: E402
 from higgs_runtime.engine.sampling import SamplingParams  # noqa: E402
 from higgs_runtime.engine.scheduler import Scheduler  # noqa: E402
@@ -36,6 +44,9 @@ from higgs_runtime.tiny_random import ensure_built, ensure_preset, model_config 
 
 FRAMES_PER_SECOND = 25
 TEXT = "The quick brown fox jumps over the lazy dog, and then it takes a long rest in the warm afternoon sun."
+VOICES = Path(__file__).resolve().parents[2] / "shared" / "voice_prompts"
+REFERENCE_SECONDS = 30.0
+DEFAULTS = Settings()
 
 
 @dataclass
@@ -47,6 +58,7 @@ class Row:
     latencies: list[float]
     first_audio: list[float]
     peak_mb: float
+    kv_read_mb: float = 0.0
 
     @property
     def aggregate_fps(self) -> float:
@@ -124,10 +136,14 @@ def baseline(model, prompt, frames: int, concurrency: int, device) -> Row:
     return Row("generate() one by one", concurrency, wall, frames * concurrency, latencies, latencies, memory.peak)
 
 
-def engine(scheduler: Scheduler, codec: Codec, prompt, frames: int, concurrency: int, device) -> Row:
+def engine(name: str, scheduler: Scheduler, codec: Codec, prompt_mix: list, frames: int, concurrency: int,
+           device) -> Row:
+    """`concurrency` requests submitted together, request i using prompt_mix[i % len(prompt_mix)]."""
+    chosen = [prompt_mix[index % len(prompt_mix)] for index in range(concurrency)]
+
     async def one(index: int):
-        request = GenerationRequest(prompt, SamplingParams(temperature=0.7, top_k=50, top_p=0.95, seed=index,
-                                                           ignore_stream_end=True), frames, 10**9, 3600)
+        request = GenerationRequest(chosen[index], SamplingParams(temperature=0.7, top_k=50, top_p=0.95, seed=index,
+                                                                  ignore_stream_end=True), frames, 10**9, 3600)
         began = time.perf_counter()
         handle = scheduler.submit(request)
         decoder = StreamingDecoder(codec, 8, StreamingConfig())
@@ -146,8 +162,29 @@ def engine(scheduler: Scheduler, codec: Codec, prompt, frames: int, concurrency:
         started = time.perf_counter()
         results = asyncio.run(run_all())
         wall = time.perf_counter() - started
-    return Row(f"engine, {concurrency} concurrent", concurrency, wall, frames * concurrency,
-               [r[0] for r in results], [r[1] for r in results], memory.peak)
+    live_tokens = sum(prompt.num_tokens + frames / 2 for prompt in chosen[:scheduler.max_batch_size])
+    return Row(name, concurrency, wall, frames * concurrency, [r[0] for r in results], [r[1] for r in results],
+               memory.peak, live_tokens * kv_bytes_per_token(scheduler) / 2**20)
+
+
+def kv_bytes_per_token(scheduler: Scheduler) -> int:
+    config = scheduler.config
+    element = torch.finfo(scheduler.batched.dtype).bits // 8
+    return config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * element
+
+
+def reference_clip(seconds: float) -> np.ndarray:
+    """A `seconds`-long reference voice: the shared clips one after another, cut to length."""
+    clips = [decode_audio(path.read_bytes(), min_seconds=0, max_seconds=60) for path in sorted(VOICES.glob("*.wav"))]
+    return np.concatenate(clips)[: int(seconds * 24000)]
+
+
+def bench_prompts(model, tokenizer, codec: Codec) -> dict[str, prompts.Prompt]:
+    codes = codec.encode(reference_clip(REFERENCE_SECONDS))
+    transcript = " ".join(path.read_text().strip() for path in sorted(VOICES.glob("*.txt")))
+    clone = prompts.clone_messages(TEXT, transcript, None)
+    return {"plain": prompts.tokenize(prompts.plain_messages(TEXT, None), [], tokenizer, model.config),
+            "clone": prompts.tokenize(clone, [codes], tokenizer, model.config)}
 
 
 def _sync(device):
@@ -157,14 +194,28 @@ def _sync(device):
 
 def print_table(preset: str, base: Row, rows: list[Row]) -> None:
     print(f"\n### {preset}\n")
-    print("| run | concurrency | aggregate frames/s | x baseline | per-request frames/s | x baseline "
-          "| first audio p50 (s) | aggregate audio-s per s | peak memory (MB) |")
+    print("| run | concurrency | aggregate frames/s | x baseline | per-stream frames/s | first audio p50 (s) "
+          "| aggregate audio-s per s | KV read/step (MB) | peak memory (MB) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for row in [base, *rows]:
         print(f"| {row.name} | {row.concurrency} | {row.aggregate_fps:.1f} | "
               f"{row.aggregate_fps / base.aggregate_fps:.2f} | {row.per_request_fps:.1f} | "
-              f"{row.per_request_fps / base.per_request_fps:.2f} | {statistics.median(row.first_audio):.3f} | "
-              f"{row.aggregate_fps / FRAMES_PER_SECOND:.1f} | {row.peak_mb:.0f} |")
+              f"{statistics.median(row.first_audio):.3f} | {row.aggregate_fps / FRAMES_PER_SECOND:.1f} | "
+              f"{row.kv_read_mb:.1f} | {row.peak_mb:.0f} |")
+
+
+def print_ratios(rows: list[Row], levels: list[int]) -> None:
+    by_name = {(row.name, row.concurrency): row for row in rows}
+    top = max(levels)
+    single, crowded = by_name[("default", 1)], by_name[("default", top)]
+    print(f"\n- {top} concurrent / 1 (default settings, plain + clone): "
+          f"{crowded.aggregate_fps / single.aggregate_fps:.2f}x aggregate")
+    short = by_name.get((f"max_seq_len 512", top))
+    for length in (DEFAULTS.max_seq_len, 16384):
+        row = by_name.get((f"max_seq_len {length}", top))
+        if short and row:
+            print(f"- {top} concurrent at max_seq_len {length} / at 512 (same live context): "
+                  f"{row.aggregate_fps / short.aggregate_fps:.2f}x aggregate")
 
 
 def main() -> None:
@@ -177,29 +228,43 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "higgs-bench-cache"))
     args = parser.parse_args()
     device = torch.device(args.device)
-    presets = args.preset or (["full-random"] if device.type == "cuda" else ["tiny-random", "small-random"])
+    presets = args.preset or (["full-random"] if device.type == "cuda" else ["small-random"])
     frames = args.frames or (500 if device.type == "cuda" else 100)
-    levels = args.concurrency or ([1, 8, 32, 64] if device.type == "cuda" else [1, 4, 8, 16])
+    levels = args.concurrency or ([1, 8, 32, 64] if device.type == "cuda" else [1, 4, 8])
+    # The default slots, unless the levels need more (on a GPU, 64 concurrent).
+    slots = max(DEFAULTS.max_batch_size, max(levels))
     torch.manual_seed(0)
     print(f"device {device} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
-          f"{frames} frames per request ({frames / FRAMES_PER_SECOND:.0f} s of audio); baseline: 3 requests in a row; "
-          f"best of {args.rounds} rounds")
+          f"{frames} frames per request ({frames / FRAMES_PER_SECOND:.0f} s of audio) | {slots} slots | "
+          f"baseline: 3 requests in a row; best of {args.rounds} rounds")
     for preset in presets:
         model, tokenizer, codec = load_preset(preset, device, Path(args.cache_dir))
-        prompt = prompts.tokenize(prompts.plain_messages(TEXT, None), [], tokenizer, model.config)
-        scheduler = Scheduler(model, max_batch_size=max(levels), max_queue_size=max(levels),
-                              max_seq_len=len(prompt.input_ids) + frames + 16)
-        scheduler.start()
-        engine(scheduler, codec, prompt, 20, 1, device)  # warm-up
-        # Rounds interleave baseline and engine, and each row keeps its best round, so a noisy
+        mixes = bench_prompts(model, tokenizer, codec)
+        print(f"prompts: plain {mixes['plain'].num_tokens} tokens, clone {mixes['clone'].num_tokens} tokens "
+              f"({REFERENCE_SECONDS:.0f} s reference)")
+        configs = [("default", DEFAULTS.max_seq_len, [mixes["plain"], mixes["clone"]], levels)]
+        configs += [(f"max_seq_len {length}", length, [mixes["plain"]], [1, max(levels)]) for length in (512, 4096, 16384)]
+        engines = {}
+        for name, max_seq_len, _, _ in configs:
+            # One KV budget for every row (the default one): only the per-request maximum changes.
+            engines[name] = Scheduler(model, max_batch_size=slots, max_queue_size=DEFAULTS.max_queue_size,
+                                      max_seq_len=max_seq_len, kv_cache_tokens=slots * DEFAULTS.max_seq_len)
+            engines[name].start()
+            engine(name, engines[name], codec, [mixes["plain"]], 20, 1, device)  # warm-up
+        # Rounds interleave baseline and engine rows, and each row keeps its best round, so a noisy
         # neighbour on a shared machine skews neither side.
-        rounds = [[baseline(model, prompt, frames, 3, device)] +
-                  [engine(scheduler, codec, prompt, frames, level, device) for level in levels]
-                  for _ in range(args.rounds)]
+        rounds = []
+        for _ in range(args.rounds):
+            rows = [baseline(model, mixes["plain"], frames, 3, device)]
+            for name, _, prompt_mix, concurrencies in configs:
+                rows += [engine(name, engines[name], codec, prompt_mix, frames, level, device) for level in concurrencies]
+            rounds.append(rows)
         base, *rows = [max(candidates, key=lambda row: row.aggregate_fps) for candidates in zip(*rounds)]
-        scheduler.stop()
+        for scheduler in engines.values():
+            scheduler.stop()
         print_table(preset, base, rows)
-        del model, scheduler
+        print_ratios(rows, levels)
+        del model, engines
 
 
 if __name__ == "__main__":

@@ -1,0 +1,153 @@
+"""The paged KV engine: attention over live blocks only, KV admission, and a capturable decode step."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from higgs_runtime import prompts
+from higgs_runtime.engine.kv_cache import PagedKVCache
+from higgs_runtime.engine.paged_attention import BLOCK_SIZE, blocks_for, paged_attention
+from higgs_runtime.engine.requests import GenerationRequest, RequestTooLarge
+from higgs_runtime.engine.sampling import SamplingParams, top_k_bucket
+from higgs_runtime.engine.scheduler import Scheduler
+from transformers import HiggsAudioV2Config
+
+MAX_LEN = 1024
+
+
+def dense_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
+    """One row, the textbook way in float64: query (heads, head_dim), keys/values (length, kv_heads, head_dim)."""
+    group = query.shape[0] // keys.shape[1]
+    keys, values = keys.double().repeat_interleave(group, 1), values.double().repeat_interleave(group, 1)
+    weights = (torch.einsum("hd,lhd->hl", query.double(), keys) * scale).softmax(-1)
+    return torch.einsum("hl,lhd->hd", weights, values)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_attention_equals_dense_attention_over_each_live_prefix(dtype, tolerance):
+    config = HiggsAudioV2Config(num_hidden_layers=1, num_attention_heads=24, num_key_value_heads=8, head_dim=128)
+    prefixes = [0, 1, 127, 128, 129, MAX_LEN - 1]  # cached positions before the new one
+    cache = PagedKVCache(config, num_slots=len(prefixes), max_len=MAX_LEN, budget_tokens=len(prefixes) * MAX_LEN,
+                         device=torch.device("cpu"), dtype=dtype, max_batch=len(prefixes) + 2)
+    generator = torch.Generator().manual_seed(0)
+    for pool in cache.keys + cache.values:
+        pool.copy_(torch.randn(pool.shape, generator=generator))  # stale data everywhere, scratch block included
+    for slot, prefix in enumerate(prefixes):
+        assert cache.reserve(slot, prefix + 1)
+        cache.ensure(slot, prefix + 1)
+    slots = torch.tensor(list(range(len(prefixes))) + [cache.scratch_slot] * 2)  # two padding rows
+    lengths = torch.tensor(prefixes + [0, 0]) + 1
+    query = torch.randn(len(slots), 24, 128, generator=generator).to(dtype)
+    rows = cache.block_table[slots]
+    num_blocks = blocks_for(MAX_LEN)
+    keys, values = cache.gather(0, rows, num_blocks)
+    out = paged_attention(query, keys, values, lengths, scale=128 ** -0.5)
+    assert torch.isfinite(out).all()
+    for row, prefix in enumerate(prefixes):
+        live = prefix + 1
+        row_keys = keys[row].transpose(1, 2).reshape(-1, 8, 128)[:live]  # (positions, kv_heads, head_dim)
+        row_values = values[row].transpose(1, 2).reshape(-1, 8, 128)[:live]
+        expected = dense_attention(query[row], row_keys, row_values, 128 ** -0.5)
+        assert torch.allclose(out[row].double(), expected, atol=tolerance, rtol=tolerance), prefix
+
+
+def test_a_rows_attention_is_bit_identical_whatever_its_neighbours_gather():
+    generator = torch.Generator().manual_seed(1)
+    keys = torch.randn(4, 16, 2, BLOCK_SIZE, 128, generator=generator)
+    values = torch.randn(4, 16, 2, BLOCK_SIZE, 128, generator=generator)
+    query = torch.randn(4, 6, 128, generator=generator)
+    lengths = torch.tensor([300, 1024, 5, 700])
+    alone = paged_attention(query[:1], keys[:1, :5], values[:1, :5], lengths[:1], 0.1)
+    crowded = paged_attention(query, keys, values, lengths, 0.1)[:1]
+    assert torch.equal(alone, crowded)
+
+
+def plain_prompt(tiny_model, text="Hello there, this is a test."):
+    return prompts.tokenize(prompts.plain_messages(text, None), [], tiny_model.tokenizer, tiny_model.config)
+
+
+def request(prompt, max_new_frames, temperature=0.8, seed=0):
+    return GenerationRequest(prompt, SamplingParams(temperature=temperature, seed=seed, ignore_stream_end=True),
+                             max_new_frames, guard_frames=10**9, timeout_s=120)
+
+
+def test_a_request_waits_for_kv_blocks_instead_of_failing(tiny_model):
+    prompt = plain_prompt(tiny_model)
+    frames = 2 * BLOCK_SIZE
+    needed = blocks_for(prompt.num_tokens + frames)
+    # Room for one such request at a time, though two slots are free.
+    engine = Scheduler(tiny_model.model, max_batch_size=2, max_queue_size=2, max_seq_len=needed * BLOCK_SIZE,
+                       kv_cache_tokens=needed * BLOCK_SIZE)
+    engine.start()
+    try:
+        first, second = engine.submit(request(prompt, frames, seed=1)), engine.submit(request(prompt, frames, seed=2))
+        loads = []
+        while not second.done:
+            loads.append(engine.load)
+            if second.steps:
+                assert first.done, "the second request started before the first freed its blocks"
+            time.sleep(0.002)
+        results = [first.result(60), second.result(60)]
+    finally:
+        engine.stop()
+    assert [r.finish_reason for r in results] == ["length", "length"]
+    assert [r.steps for r in results] == [frames, frames]
+    assert max(load.running for load in loads) == 1
+    assert max(load.kv_blocks_used for load in loads) == needed
+    assert engine.load.kv_blocks_used == 0 and engine.load.kv_blocks_total == needed
+
+
+def test_a_request_that_can_never_fit_is_refused_at_once(tiny_model):
+    prompt = plain_prompt(tiny_model, "word " * 200)
+    engine = Scheduler(tiny_model.model, max_batch_size=2, max_queue_size=2, max_seq_len=prompt.num_tokens)
+    with pytest.raises(RequestTooLarge, match="tokens"):
+        engine.submit(request(prompt, 10))
+
+
+def test_blocks_follow_the_live_length(tiny_model):
+    """A request takes blocks as it grows, not its whole reservation at once."""
+    prompt = plain_prompt(tiny_model)
+    engine = Scheduler(tiny_model.model, max_batch_size=1, max_queue_size=1, max_seq_len=4096)
+    engine.start()
+    try:
+        handle = engine.submit(request(prompt, 1000))
+        while handle.steps < 10:
+            time.sleep(0.002)
+        used_early = engine.load.kv_blocks_used
+        handle.cancel()
+        handle.result(30)
+    finally:
+        engine.stop()
+    assert used_early <= blocks_for(prompt.num_tokens + 20) < blocks_for(prompt.num_tokens + 1000)
+
+
+def test_decode_step_compiles_as_one_graph_and_matches_eager(tiny_model):
+    """No graph break anywhere in the step (model, paged attention, sampler): what CUDA graphs need.
+    (aot_eager: inductor's CPU lowering wants oneDNN's prepacked weights frozen, which is beside the point.)"""
+    engine = Scheduler(tiny_model.model, max_batch_size=4, max_queue_size=4, max_seq_len=512)  # not started
+    prompt = plain_prompt(tiny_model)
+    for index in range(3):
+        engine.submit(request(prompt, 100, temperature=0.0 if index == 0 else 0.8, seed=index))
+    engine._admit()
+    slots = torch.tensor([running.slot for running in engine._running])
+    for running in engine._running:
+        engine.batched.cache.ensure(running.slot, running.cached_tokens + 4)
+    state = ([engine.step.last_frames, engine.batched.cache.lengths] + engine.batched.cache.keys +
+             engine.batched.cache.values + [engine.sampler.draws, engine.sampler.window, engine.sampler.ending,
+                                            engine.sampler.begin_countdown, engine.sampler.end_countdown])
+    saved = [tensor.clone() for tensor in state]
+    top_k = top_k_bucket([50], 1026)
+    num_blocks = blocks_for(prompt.num_tokens + 4)
+    with torch.inference_mode():
+        eager = [engine.step.eager(slots, num_blocks, top_k).clone() for _ in range(4)]
+        for tensor, value in zip(state, saved):
+            tensor.copy_(value)
+        compiled_step = torch.compile(engine.step.eager, fullgraph=True, backend="aot_eager")
+        compiled = [compiled_step(slots, num_blocks, top_k).clone() for _ in range(4)]
+    for expected, got in zip(eager, compiled):
+        assert torch.equal(expected, got)
+    assert not np.array_equal(eager[0].numpy(), eager[1].numpy())  # the steps moved on
