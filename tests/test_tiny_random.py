@@ -1,9 +1,13 @@
-"""The offline preset: real shapes and ids, reproducible bytes, loaded through from_pretrained."""
+"""The offline presets: real shapes and ids, reproducible bytes, loaded through from_pretrained."""
 
 from __future__ import annotations
 
 import hashlib
 
+import pytest
+
+from higgs_runtime import loading
+from higgs_runtime.config import Settings
 from higgs_runtime.tiny_random import ensure_built
 
 
@@ -40,3 +44,15 @@ def test_codec_round_trip_keeps_length(tiny_model, reference_clips):
     assert codes.min() >= 0 and codes.max() < 1024 and len(set(codes[0].tolist())) > 1
     audio = tiny_model.codec_wrapper.decode(codes)
     assert len(audio) == codes.shape[1] * 960
+
+
+def test_small_random_preset_loads_through_the_same_path(model_cache):
+    settings = Settings(model_path="small-random", audio_tokenizer_path="small-random", device="cpu",
+                        cache_dir=model_cache)
+    loaded = loading.load(settings)
+    config = loaded.config
+    assert (config.num_hidden_layers, config.hidden_size, config.head_dim) == (4, 512, 128)
+    assert config.num_codebooks == 8 and config.codebook_size == 1026 and len(loaded.tokenizer) == 128256
+    assert settings.is_random_preset and loaded.codec_id.startswith("small-random")
+    with pytest.raises(ValueError, match="both"):
+        loading.load(Settings(model_path="small-random", device="cpu", cache_dir=model_cache))
