@@ -32,38 +32,40 @@ def test_attention_equals_dense_attention_over_each_live_prefix(dtype, tolerance
     config = HiggsAudioV2Config(num_hidden_layers=1, num_attention_heads=24, num_key_value_heads=8, head_dim=128)
     prefixes = [0, 1, 127, 128, 129, MAX_LEN - 1]  # cached positions before the new one
     cache = PagedKVCache(config, num_slots=len(prefixes), max_len=MAX_LEN, budget_tokens=len(prefixes) * MAX_LEN,
-                         device=torch.device("cpu"), dtype=dtype, max_batch=len(prefixes) + 2)
+                         device=torch.device("cpu"), dtype=dtype)
     generator = torch.Generator().manual_seed(0)
     for pool in cache.keys + cache.values:
         pool.copy_(torch.randn(pool.shape, generator=generator))  # stale data everywhere, scratch block included
     for slot, prefix in enumerate(prefixes):
         assert cache.reserve(slot, prefix + 1)
         cache.ensure(slot, prefix + 1)
-    slots = torch.tensor(list(range(len(prefixes))) + [cache.scratch_slot] * 2)  # two padding rows
-    lengths = torch.tensor(prefixes + [0, 0]) + 1
+    slots = list(range(len(prefixes))) + [cache.scratch_slot] * 2  # two padding rows
+    lengths = [prefix + 1 for prefix in prefixes] + [1, 1]
+    live = cache.live_blocks(slots, lengths)
+    assert live.count == sum(blocks_for(length) for length in lengths)  # live blocks only, never max_len
     query = torch.randn(len(slots), 24, 128, generator=generator).to(dtype)
-    rows = cache.block_table[slots]
-    num_blocks = blocks_for(MAX_LEN)
-    keys, values = cache.gather(0, rows, num_blocks)
-    out = paged_attention(query, keys, values, lengths, scale=128 ** -0.5)
+    keys, values = cache.gather(0, live)
+    out = paged_attention(query, keys, values, live.rows, live.positions, torch.tensor(lengths), 128 ** -0.5)
     assert torch.isfinite(out).all()
-    for row, prefix in enumerate(prefixes):
-        live = prefix + 1
-        row_keys = keys[row].transpose(1, 2).reshape(-1, 8, 128)[:live]  # (positions, kv_heads, head_dim)
-        row_values = values[row].transpose(1, 2).reshape(-1, 8, 128)[:live]
+    for row, length in enumerate(lengths):
+        blocks = cache.block_table[slots[row], :blocks_for(length)] if row < len(prefixes) else torch.tensor([0])
+        row_keys = cache.keys[0][blocks].transpose(1, 2).reshape(-1, 8, 128)[:length]  # (positions, kv_heads, head_dim)
+        row_values = cache.values[0][blocks].transpose(1, 2).reshape(-1, 8, 128)[:length]
         expected = dense_attention(query[row], row_keys, row_values, 128 ** -0.5)
-        assert torch.allclose(out[row].double(), expected, atol=tolerance, rtol=tolerance), prefix
+        assert torch.allclose(out[row].double(), expected, atol=tolerance, rtol=tolerance), length
 
 
-def test_a_rows_attention_is_bit_identical_whatever_its_neighbours_gather():
+def test_a_rows_attention_is_bit_identical_whatever_its_neighbours():
     generator = torch.Generator().manual_seed(1)
-    keys = torch.randn(4, 16, 2, BLOCK_SIZE, 128, generator=generator)
-    values = torch.randn(4, 16, 2, BLOCK_SIZE, 128, generator=generator)
+    keys = torch.randn(40, 2, BLOCK_SIZE, 128, generator=generator)
+    values = torch.randn(40, 2, BLOCK_SIZE, 128, generator=generator)
     query = torch.randn(4, 6, 128, generator=generator)
-    lengths = torch.tensor([300, 1024, 5, 700])
-    alone = paged_attention(query[:1], keys[:1, :5], values[:1, :5], lengths[:1], 0.1)
-    crowded = paged_attention(query, keys, values, lengths, 0.1)[:1]
-    assert torch.equal(alone, crowded)
+    lengths = [300, 1024, 5, 700]
+    rows = torch.tensor([row for row, length in enumerate(lengths) for _ in range(blocks_for(length))])
+    positions = torch.tensor([index for length in lengths for index in range(blocks_for(length))])
+    alone = paged_attention(query[:1], keys[:5], values[:5], rows[:5], positions[:5], torch.tensor(lengths[:1]), 0.1)
+    crowded = paged_attention(query, keys[:len(rows)], values[:len(rows)], rows, positions, torch.tensor(lengths), 0.1)
+    assert torch.equal(alone, crowded[:1])
 
 
 def plain_prompt(tiny_model, text="Hello there, this is a test."):
@@ -133,21 +135,22 @@ def test_decode_step_compiles_as_one_graph_and_matches_eager(tiny_model):
     for index in range(3):
         engine.submit(request(prompt, 100, temperature=0.0 if index == 0 else 0.8, seed=index))
     engine._admit()
-    slots = torch.tensor([running.slot for running in engine._running])
-    for running in engine._running:
-        engine.batched.cache.ensure(running.slot, running.cached_tokens + 4)
+    running = engine._running
+    slots = torch.tensor([r.slot for r in running])
+    for r in running:
+        engine.batched.cache.ensure(r.slot, r.cached_tokens + 4)
+    live = engine.batched.cache.live_blocks([r.slot for r in running], [r.cached_tokens + 4 for r in running])
     state = ([engine.step.last_frames, engine.batched.cache.lengths] + engine.batched.cache.keys +
              engine.batched.cache.values + [engine.sampler.draws, engine.sampler.window, engine.sampler.ending,
                                             engine.sampler.begin_countdown, engine.sampler.end_countdown])
     saved = [tensor.clone() for tensor in state]
     top_k = top_k_bucket([50], 1026)
-    num_blocks = blocks_for(prompt.num_tokens + 4)
     with torch.inference_mode():
-        eager = [engine.step.eager(slots, num_blocks, top_k).clone() for _ in range(4)]
+        eager = [engine.step.eager(slots, live, top_k).clone() for _ in range(4)]
         for tensor, value in zip(state, saved):
             tensor.copy_(value)
         compiled_step = torch.compile(engine.step.eager, fullgraph=True, backend="aot_eager")
-        compiled = [compiled_step(slots, num_blocks, top_k).clone() for _ in range(4)]
+        compiled = [compiled_step(slots, live, top_k).clone() for _ in range(4)]
     for expected, got in zip(eager, compiled):
         assert torch.equal(expected, got)
     assert not np.array_equal(eager[0].numpy(), eager[1].numpy())  # the steps moved on

@@ -9,7 +9,7 @@ live blocks only (`paged_attention`).
 On CPU the decode path's weights are prepacked for oneDNN: at a few rows it is several times faster
 than MKL's GEMM, and each row's result is the same whatever the batch size (MKL changes its
 blocking with the row count), which keeps a request's output independent of its neighbours. On GPU
-batch sizes and gathered lengths are padded to powers of two, a few static shapes for CUDA graphs.
+batch rows and live blocks are padded (powers of two, multiples of 64), a few static shapes for CUDA graphs.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 from transformers.models.higgs_audio_v2.modeling_higgs_audio_v2 import apply_rotary_pos_emb
 
-from .kv_cache import PagedKVCache
+from .kv_cache import LiveBlocks, PagedKVCache
 from .paged_attention import paged_attention
 
 # oneDNN packs weights for an expected row count; any count then works, and gives the same bits.
@@ -27,8 +27,8 @@ PACKING_ROWS_HINT = 8
 
 
 def bucket(count: int, device: torch.device, limit: int) -> int:
-    """Decode shapes (batch rows, gathered blocks): exact on CPU, the next power of two (at most
-    `limit`) on GPU, a few static shapes that CUDA graphs can be captured for."""
+    """Decode batch rows: exact on CPU, the next power of two (at most `limit`) on GPU, a few static
+    shapes that CUDA graphs can be captured for."""
     if device.type == "cpu":
         return count
     size = 1
@@ -69,8 +69,7 @@ class BatchedModel:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.num_slots = num_slots
-        self.cache = PagedKVCache(self.config, num_slots, max_len, kv_budget_tokens, self.device, self.dtype,
-                                  max_batch=num_slots)
+        self.cache = PagedKVCache(self.config, num_slots, max_len, kv_budget_tokens, self.device, self.dtype)
         self.linears = DecodeLinears(model, self.device)
 
     @torch.inference_mode()
@@ -88,10 +87,10 @@ class BatchedModel:
         self.cache.store_prompt(slot, [layer.keys[0] for layer in past.layers], [layer.values[0] for layer in past.layers])
         return self._frame_logits(out.logits[:, -1])[0]
 
-    def decode(self, slots: torch.Tensor, frames: torch.Tensor, num_blocks: int) -> torch.Tensor:
+    def decode(self, slots: torch.Tensor, frames: torch.Tensor, live: LiveBlocks) -> torch.Tensor:
         """Feeds one frame (codebooks,) per row to the sequences of `slots` (padding rows name the
-        scratch slot) and attends over their first `num_blocks` blocks; returns
-        (rows, codebooks, codebook_size) float32. Tensor operations only: capturable."""
+        scratch slot) and attends over the `live` blocks (which include each row's new position);
+        returns (rows, codebooks, codebook_size) float32. Tensor operations only: capturable."""
         cache, inner, linear = self.cache, self.model.model, self.linears
         size = slots.shape[0]
         positions = cache.lengths[slots]
@@ -108,8 +107,9 @@ class BatchedModel:
             value = linear(attention.v_proj, normed).view(shape)
             query, key = apply_rotary_pos_emb(query, key, cos, sin)
             cache.append(index, block_rows, positions, key[:, :, 0], value[:, :, 0])
-            keys, values = cache.gather(index, block_rows, num_blocks)
-            context = paged_attention(query[:, :, 0], keys, values, lengths, attention.scaling)
+            keys, values = cache.gather(index, live)
+            context = paged_attention(query[:, :, 0], keys, values, live.rows, live.positions, lengths,
+                                      attention.scaling)
             hidden = hidden + linear(attention.o_proj, context.reshape(size, -1))
             hidden = hidden + linear.mlp(layer.audio_mlp, layer.audio_post_attention_layernorm(hidden))
         logits = linear(self.model.audio_lm_head, inner.norm(hidden))

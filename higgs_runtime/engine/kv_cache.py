@@ -11,19 +11,40 @@ runs out half-way; blocks are then taken from the pool as it grows and all retur
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .paged_attention import BLOCK_SIZE, blocks_for
 
+# On GPU the live-block count is rounded up to a multiple of this (padding blocks are empty), so a
+# few static shapes cover every batch.
+LIVE_BLOCKS_GRANULE = 64
+
+
+@dataclass(frozen=True)
+class LiveBlocks:
+    """The blocks a decode step attends over, row after row: ids, the row each belongs to, and its
+    index within that row's sequence. Built on the host between steps, used on the device."""
+
+    ids: torch.Tensor
+    rows: torch.Tensor
+    positions: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        return self.ids.shape[0]
+
 
 class PagedKVCache:
     def __init__(self, config, num_slots: int, max_len: int, budget_tokens: int, device: torch.device,
-                 dtype: torch.dtype, max_batch: int):
+                 dtype: torch.dtype):
         self.num_blocks = budget_tokens // BLOCK_SIZE  # usable, scratch not counted
         self.max_blocks_per_seq = blocks_for(max_len)
         if self.num_blocks < self.max_blocks_per_seq:
             raise ValueError(f"a KV budget of {budget_tokens} tokens cannot hold one {max_len}-token sequence")
         self.max_len = max_len
+        self.device = device
         kv_heads, head_dim = config.num_key_value_heads, config.head_dim
         pool_shape = (self.num_blocks + 1, kv_heads, BLOCK_SIZE, head_dim)
         self.keys = [torch.zeros(pool_shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
@@ -31,9 +52,9 @@ class PagedKVCache:
         self.scratch_slot = num_slots
         self.block_table = torch.zeros((num_slots + 1, self.max_blocks_per_seq), dtype=torch.long, device=device)
         self.lengths = torch.zeros(num_slots + 1, dtype=torch.long, device=device)
-        # Gathered blocks of one layer, reused layer after layer: fixed addresses (CUDA graphs) and no
-        # per-step allocation of fresh pages (which costs more than the copy on CPU).
-        gathered = (max_batch * self.max_blocks_per_seq, kv_heads, BLOCK_SIZE, head_dim)
+        # One layer's gathered live blocks, reused layer after layer: fixed addresses (CUDA graphs) and
+        # no per-step allocation of fresh pages (which costs more than the copy on CPU).
+        gathered = (self.num_blocks + LIVE_BLOCKS_GRANULE, kv_heads, BLOCK_SIZE, head_dim)
         self._gathered_keys = torch.empty(gathered, device=device, dtype=dtype)
         self._gathered_values = torch.empty(gathered, device=device, dtype=dtype)
         self._free = list(range(self.num_blocks, 0, -1))
@@ -57,14 +78,36 @@ class PagedKVCache:
         self._owned[slot], self._reserved[slot] = [], needed
         return True
 
-    def ensure(self, slot: int, tokens: int) -> None:
-        """Gives `slot` blocks (from its reservation) until it can hold `tokens` positions."""
+    def ensure(self, slot: int, tokens: int) -> bool:
+        """Gives `slot` blocks (from its reservation) until it can hold `tokens` positions; says
+        whether it took any."""
         owned = self._owned[slot]
+        grown = False
         while len(owned) * BLOCK_SIZE < tokens:
             block = self._free.pop()
             self._reserved[slot] -= 1
             self.block_table[slot, len(owned)] = block
             owned.append(block)
+            grown = True
+        return grown
+
+    def live_blocks(self, slots: list[int], tokens: list[int]) -> LiveBlocks:
+        """The blocks holding the first `tokens[row]` positions of each row's slot, row after row (a
+        padding row's slot, the scratch slot, has the scratch block); on GPU padded with empty blocks
+        (scratch, past any length) to a multiple of LIVE_BLOCKS_GRANULE."""
+        ids, rows, positions = [], [], []
+        for row, (slot, length) in enumerate(zip(slots, tokens)):
+            owned = [0] if slot == self.scratch_slot else self._owned[slot][:blocks_for(length)]
+            ids += owned
+            rows += [row] * len(owned)
+            positions += range(len(owned))
+        if self.device.type != "cpu":
+            padding = -len(ids) % LIVE_BLOCKS_GRANULE
+            ids += [0] * padding
+            rows += [0] * padding
+            positions += [self.max_blocks_per_seq] * padding
+        as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=self.device)  # noqa: E731
+        return LiveBlocks(as_tensor(ids), as_tensor(rows), as_tensor(positions))
 
     def release(self, slot: int) -> None:
         self._free += reversed(self._owned.pop(slot, []))
@@ -94,13 +137,10 @@ class PagedKVCache:
         self.keys[layer][block, :, offset] = key
         self.values[layer][block, :, offset] = value
 
-    def gather(self, layer: int, block_rows: torch.Tensor, num_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first `num_blocks` blocks of each row: keys and values (batch, num_blocks, kv_heads,
-        BLOCK_SIZE, head_dim), views into the gather buffers (valid until the next call)."""
-        batch = block_rows.shape[0]
-        index = block_rows[:, :num_blocks].reshape(-1)
-        count = batch * num_blocks
-        keys = torch.index_select(self.keys[layer], 0, index, out=self._gathered_keys[:count])
-        values = torch.index_select(self.values[layer], 0, index, out=self._gathered_values[:count])
-        shape = (batch, num_blocks) + keys.shape[1:]
-        return keys.view(shape), values.view(shape)
+    def gather(self, layer: int, live: LiveBlocks) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the live blocks, (blocks, kv_heads, BLOCK_SIZE, head_dim): views into the
+        gather buffers, valid until the next call."""
+        count = live.count
+        keys = torch.index_select(self.keys[layer], 0, live.ids, out=self._gathered_keys[:count])
+        values = torch.index_select(self.values[layer], 0, live.ids, out=self._gathered_values[:count])
+        return keys, values

@@ -19,7 +19,7 @@ import torch
 
 from .batched_model import BatchedModel, bucket
 from .decode_step import DecodeStep
-from .paged_attention import blocks_for
+from .kv_cache import LiveBlocks
 from .requests import GenerationRequest, QueueFull, RequestHandle, RequestTooLarge
 from .sampling import RepetitionAware, SlotSampler, top_k_bucket
 
@@ -57,8 +57,10 @@ class Scheduler:
         self._waiting: collections.deque[RequestHandle] = collections.deque()
         self._running: list[_Running] = []
         self._free_slots = list(range(max_batch_size))
-        self._batch_slots: torch.Tensor | None = None  # the running rows' slots, padded; rebuilt when they change
+        # The running rows' slots (padded), their top-k width and live blocks: rebuilt when they change.
+        self._batch_slots: torch.Tensor | None = None
         self._top_k = 1
+        self._live: LiveBlocks | None = None
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="engine-scheduler", daemon=True)
@@ -171,15 +173,17 @@ class Scheduler:
     def _decode_step(self) -> None:
         batch = list(self._running)
         cache = self.batched.cache
+        padding = bucket(len(batch), self.device, self.max_batch_size) - len(batch)
         if self._batch_slots is None:
-            rows = bucket(len(batch), self.device, self.max_batch_size)
-            padded = [r.slot for r in batch] + [cache.scratch_slot] * (rows - len(batch))
-            self._batch_slots = torch.tensor(padded, device=self.device)
+            slots = [r.slot for r in batch] + [cache.scratch_slot] * padding
+            self._batch_slots = torch.tensor(slots, device=self.device)
             self._top_k = top_k_bucket([r.handle.request.sampling.top_k for r in batch], self.config.codebook_size)
-        for running in batch:
-            cache.ensure(running.slot, running.cached_tokens + 1)
-        longest = max(blocks_for(running.cached_tokens + 1) for running in batch)
-        frames = self.step(self._batch_slots, bucket(longest, self.device, cache.max_blocks_per_seq), self._top_k)
+            self._live = None
+        grown = [cache.ensure(running.slot, running.cached_tokens + 1) for running in batch]
+        if self._live is None or any(grown):
+            slots = [r.slot for r in batch] + [cache.scratch_slot] * padding
+            self._live = cache.live_blocks(slots, [r.cached_tokens + 1 for r in batch] + [1] * padding)
+        frames = self.step(self._batch_slots, self._live, self._top_k)
         on_host = frames[:len(batch)].cpu().numpy()  # the step's one device-to-host copy
         for running, host_frame in zip(batch, on_host):
             running.cached_tokens += 1
