@@ -5,8 +5,9 @@ request at a time (the baseline), measured in the same run.
     python bench/engine_bench.py --device cuda --preset full-random   # GPU: the real 3B architecture
 
 Rows:
-- "default": the engine with the server's default settings (slots, HIGGS_MAX_SEQ_LEN, KV budget),
-  requests alternating a plain prompt and a voice-clone prompt with a 30 s reference (~900 tokens);
+- "default, ...": the engine with the server's default settings (slots, HIGGS_MAX_SEQ_LEN, KV
+  budget), with plain prompts, voice-clone prompts with a 30 s reference (~1,250 tokens: 750 audio
+  frames, transcript and text), and both alternating;
 - "max_seq_len N": plain prompts only (they fit 512), the same live context at max_seq_len 512, 4096
   and 16384: a step's cost must follow the live context, not the configured maximum.
 Every request runs to exactly --frames frames (stream end is ignored) so all rows do equal work.
@@ -204,18 +205,18 @@ def print_table(preset: str, base: Row, rows: list[Row]) -> None:
               f"{row.kv_read_mb:.1f} | {row.peak_mb:.0f} |")
 
 
-def print_ratios(rows: list[Row], levels: list[int]) -> None:
+def print_ratios(rows: list[Row], top: int) -> None:
     by_name = {(row.name, row.concurrency): row for row in rows}
-    top = max(levels)
-    single, crowded = by_name[("default", 1)], by_name[("default", top)]
-    print(f"\n- {top} concurrent / 1 (default settings, plain + clone): "
-          f"{crowded.aggregate_fps / single.aggregate_fps:.2f}x aggregate")
-    short = by_name.get((f"max_seq_len 512", top))
+    print()
+    for kind in ("plain", "clone"):
+        single, crowded = by_name[(f"default, {kind}", 1)], by_name[(f"default, {kind}", top)]
+        print(f"- default settings, {kind} prompts: {top} concurrent / 1 = "
+              f"{crowded.aggregate_fps / single.aggregate_fps:.2f}x aggregate")
+    short = by_name[("max_seq_len 512", top)]
     for length in (DEFAULTS.max_seq_len, 16384):
-        row = by_name.get((f"max_seq_len {length}", top))
-        if short and row:
-            print(f"- {top} concurrent at max_seq_len {length} / at 512 (same live context): "
-                  f"{row.aggregate_fps / short.aggregate_fps:.2f}x aggregate")
+        row = by_name[(f"max_seq_len {length}", top)]
+        print(f"- {top} concurrent at max_seq_len {length} / at 512 (same live context): "
+              f"{row.aggregate_fps / short.aggregate_fps:.2f}x aggregate")
 
 
 def main() -> None:
@@ -230,7 +231,7 @@ def main() -> None:
     device = torch.device(args.device)
     presets = args.preset or (["full-random"] if device.type == "cuda" else ["small-random"])
     frames = args.frames or (500 if device.type == "cuda" else 100)
-    levels = args.concurrency or ([1, 8, 32, 64] if device.type == "cuda" else [1, 4, 8])
+    levels = args.concurrency or ([1, 8, 32, 64] if device.type == "cuda" else [1, 8])
     # The default slots, unless the levels need more (on a GPU, 64 concurrent).
     slots = max(DEFAULTS.max_batch_size, max(levels))
     torch.manual_seed(0)
@@ -242,28 +243,33 @@ def main() -> None:
         mixes = bench_prompts(model, tokenizer, codec)
         print(f"prompts: plain {mixes['plain'].num_tokens} tokens, clone {mixes['clone'].num_tokens} tokens "
               f"({REFERENCE_SECONDS:.0f} s reference)")
-        configs = [("default", DEFAULTS.max_seq_len, [mixes["plain"], mixes["clone"]], levels)]
-        configs += [(f"max_seq_len {length}", length, [mixes["plain"]], [1, max(levels)]) for length in (512, 4096, 16384)]
+        top = max(levels)
+        # (row name, engine's max_seq_len, prompts, concurrencies)
+        configs = [("default, plain", DEFAULTS.max_seq_len, [mixes["plain"]], levels),
+                   ("default, clone", DEFAULTS.max_seq_len, [mixes["clone"]], levels),
+                   ("default, plain + clone", DEFAULTS.max_seq_len, [mixes["plain"], mixes["clone"]], [top])]
+        configs += [(f"max_seq_len {length}", length, [mixes["plain"]], [1, top]) for length in (512, 4096, 16384)]
         engines = {}
-        for name, max_seq_len, _, _ in configs:
-            # One KV budget for every row (the default one): only the per-request maximum changes.
-            engines[name] = Scheduler(model, max_batch_size=slots, max_queue_size=DEFAULTS.max_queue_size,
-                                      max_seq_len=max_seq_len, kv_cache_tokens=slots * DEFAULTS.max_seq_len)
-            engines[name].start()
-            engine(name, engines[name], codec, [mixes["plain"]], 20, 1, device)  # warm-up
+        for max_seq_len in sorted({config[1] for config in configs}):
+            # One KV budget for every engine (the default one): only the per-request maximum changes.
+            engines[max_seq_len] = Scheduler(model, max_batch_size=slots, max_queue_size=DEFAULTS.max_queue_size,
+                                             max_seq_len=max_seq_len, kv_cache_tokens=slots * DEFAULTS.max_seq_len)
+            engines[max_seq_len].start()
+            engine("warm-up", engines[max_seq_len], codec, [mixes["plain"]], 20, 1, device)
         # Rounds interleave baseline and engine rows, and each row keeps its best round, so a noisy
         # neighbour on a shared machine skews neither side.
         rounds = []
         for _ in range(args.rounds):
             rows = [baseline(model, mixes["plain"], frames, 3, device)]
-            for name, _, prompt_mix, concurrencies in configs:
-                rows += [engine(name, engines[name], codec, prompt_mix, frames, level, device) for level in concurrencies]
+            for name, max_seq_len, prompt_mix, concurrencies in configs:
+                rows += [engine(name, engines[max_seq_len], codec, prompt_mix, frames, level, device)
+                         for level in concurrencies]
             rounds.append(rows)
         base, *rows = [max(candidates, key=lambda row: row.aggregate_fps) for candidates in zip(*rounds)]
         for scheduler in engines.values():
             scheduler.stop()
         print_table(preset, base, rows)
-        print_ratios(rows, levels)
+        print_ratios(rows, top)
         del model, engines
 
 
