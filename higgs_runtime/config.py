@@ -64,6 +64,11 @@ class Settings:
     kv_cache_tokens: int = 0
     # Capture each decode-step shape as a CUDA graph and replay it (CUDA only).
     cuda_graphs: bool = True
+    # Prompts are prefilled in chunks of this many tokens (a multiple of 64), about one chunk's worth
+    # between two decoding steps: arrivals never stall running streams longer.
+    prefill_chunk_tokens: int = 128
+    # Idle cached prompt prefixes (voices) kept at most, in tokens (-1: half the KV budget).
+    prefix_cache_tokens: int = -1
     ras_window: int = 7
     ras_max_repeat: int = 2
     request_timeout_s: float = 600.0
@@ -99,10 +104,12 @@ class Settings:
     def validate(self) -> None:
         positive = ("max_text_chars", "max_new_tokens_cap", "max_request_bytes", "max_upload_bytes",
                     "max_batch_size", "max_queue_size", "max_seq_len", "stream_first_chunk_frames", "long_form_chunk_chars",
-                    "stream_chunk_frames")
+                    "stream_chunk_frames", "prefill_chunk_tokens")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"HIGGS_{name.upper()} must be positive")
+        if self.prefill_chunk_tokens % 64:
+            raise ValueError("HIGGS_PREFILL_CHUNK_TOKENS must be a multiple of 64 (the KV block size)")
         if self.kv_cache_tokens and self.kv_cache_tokens < self.max_seq_len:
             raise ValueError("HIGGS_KV_CACHE_TOKENS must hold at least one sequence of HIGGS_MAX_SEQ_LEN tokens")
         if self.ras_window < 0 or self.ras_max_repeat < 1:
@@ -134,6 +141,10 @@ class Settings:
     @property
     def kv_budget_tokens(self) -> int:
         return self.kv_cache_tokens or self.max_batch_size * self.max_seq_len
+
+    @property
+    def prefix_cache_budget_tokens(self) -> int:
+        return self.kv_budget_tokens // 2 if self.prefix_cache_tokens < 0 else self.prefix_cache_tokens
 
     @property
     def is_random_preset(self) -> bool:

@@ -28,6 +28,10 @@ class ServiceMetrics:
                                     multiprocess_mode="livesum")
         self.kv_blocks_total = Gauge("higgs_kv_cache_blocks_total", "KV cache blocks in the pool",
                                      multiprocess_mode="livesum")
+        self.prefix_cached_blocks = Gauge("higgs_prefix_cache_blocks", "KV blocks of cached prompt prefixes (voices)",
+                                          multiprocess_mode="livesum")
+        self.prefix_reused_blocks = Gauge("higgs_prefix_cache_reused_blocks",
+                                          "KV blocks reused from the prefix cache since start", multiprocess_mode="livesum")
 
     def observe_engine(self, load) -> None:
         """`load`: the engine's `EngineLoad`."""
@@ -35,6 +39,8 @@ class ServiceMetrics:
         self.running.set(load.running)
         self.kv_blocks_used.set(load.kv_blocks_used)
         self.kv_blocks_total.set(load.kv_blocks_total)
+        self.prefix_cached_blocks.set(load.prefix_cached_blocks)
+        self.prefix_reused_blocks.set(load.prefix_hit_blocks)
 
     def observe_request(self, started: float, first_audio: float, audio_seconds: float, finish_reason: str) -> None:
         elapsed = max(time.monotonic() - started, 1e-6)

@@ -111,7 +111,8 @@ class Synthesizer:
         self.scheduler = Scheduler(loaded.model, settings.max_batch_size, settings.max_queue_size,
                                    settings.max_seq_len, settings.kv_budget_tokens,
                                    RepetitionAware(settings.ras_window, settings.ras_max_repeat),
-                                   settings.cuda_graphs, on_load_change)
+                                   settings.cuda_graphs, settings.prefill_chunk_tokens,
+                                   settings.prefix_cache_budget_tokens, on_load_change)
         self.scheduler.start()
 
     def close(self) -> None:

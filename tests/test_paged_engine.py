@@ -12,7 +12,7 @@ from higgs_runtime import prompts
 from higgs_runtime.engine.kv_cache import PagedKVCache
 from higgs_runtime.engine.paged_attention import BLOCK_SIZE, blocks_for, paged_attention
 from higgs_runtime.engine.requests import GenerationRequest, RequestTooLarge
-from higgs_runtime.engine.sampling import SamplingParams, top_k_bucket
+from higgs_runtime.engine.sampling import RepetitionAware, SamplingParams, top_k_bucket
 from higgs_runtime.engine.scheduler import Scheduler
 from transformers import HiggsAudioV2Config
 
@@ -37,7 +37,7 @@ def test_attention_equals_dense_attention_over_each_live_prefix(dtype, tolerance
     for pool in cache.keys + cache.values:
         pool.copy_(torch.randn(pool.shape, generator=generator))  # stale data everywhere, scratch block included
     for slot, prefix in enumerate(prefixes):
-        assert cache.reserve(slot, prefix + 1)
+        assert cache.reserve(slot, prefix + 1, shared=[])
         cache.ensure(slot, prefix + 1)
     slots = list(range(len(prefixes))) + [cache.scratch_slot] * 2  # two padding rows
     lengths = [prefix + 1 for prefix in prefixes] + [1, 1]
@@ -135,6 +135,7 @@ def test_decode_step_compiles_as_one_graph_and_matches_eager(tiny_model):
     for index in range(3):
         engine.submit(request(prompt, 100, temperature=0.0 if index == 0 else 0.8, seed=index))
     engine._admit()
+    engine._prefill_chunks()
     running = engine._running
     slots = torch.tensor([r.slot for r in running])
     for r in running:
@@ -154,3 +155,91 @@ def test_decode_step_compiles_as_one_graph_and_matches_eager(tiny_model):
     for expected, got in zip(eager, compiled):
         assert torch.equal(expected, got)
     assert not np.array_equal(eager[0].numpy(), eager[1].numpy())  # the steps moved on
+
+
+# --- chunked prefill and the prefix cache --------------------------------------------------------
+
+def clone_prompt(tiny_model, reference_clips, text="This is the cloned voice.", seconds=None):
+    clip = reference_clips[0] if seconds is None else np.tile(reference_clips[0], 20)[: int(seconds * 24000)]
+    codes = tiny_model.codec_wrapper.encode(clip)
+    messages = prompts.clone_messages(text, "Maintaining your ability.", None)
+    return prompts.tokenize(messages, [codes], tiny_model.tokenizer, tiny_model.config)
+
+
+def test_greedy_output_equals_generate_with_chunked_prefill_and_a_cached_prefix(tiny_model, reference_clips):
+    from test_engine import reference_generate  # the shared generate() reference
+
+    prompt = clone_prompt(tiny_model, reference_clips)
+    expected = reference_generate(tiny_model.model, prompt, max_new_tokens=60, ras=False)
+    engine = Scheduler(tiny_model.model, max_batch_size=2, max_queue_size=2, max_seq_len=1024,
+                       ras=RepetitionAware(window=0), prefill_chunk_tokens=64)
+    engine.start()
+    try:
+        greedy = GenerationRequest(prompt, SamplingParams(temperature=0.0), 60, 10**9, 60)
+        uncached = engine.submit(greedy).result(60)
+        hits_before = engine.load.prefix_hit_blocks
+        cached = engine.submit(greedy).result(60)
+        reused = engine.load.prefix_hit_blocks - hits_before
+    finally:
+        engine.stop()
+    assert prompt.num_tokens > 2 * 64  # three chunks
+    assert reused == (prompt.num_tokens - 1) // 64
+    assert np.array_equal(uncached.frames, expected) and np.array_equal(cached.frames, expected)
+
+
+def test_a_cached_prefix_gives_the_same_sampled_audio(tiny_model, reference_clips):
+    prompt = clone_prompt(tiny_model, reference_clips, seconds=8)
+    engine = Scheduler(tiny_model.model, max_batch_size=2, max_queue_size=2, max_seq_len=1024)
+    engine.start()
+    try:
+        first = engine.submit(request(prompt, 40, seed=7)).result(60)
+        second = engine.submit(request(prompt, 40, seed=7)).result(60)
+        other_text = clone_prompt(tiny_model, reference_clips, text="Another sentence entirely.", seconds=8)
+        third = engine.submit(request(other_text, 40, seed=7)).result(60)
+        load = engine.load
+    finally:
+        engine.stop()
+    assert np.array_equal(first.frames, second.frames)
+    assert not np.array_equal(first.frames, third.frames)
+    shared_chunks = (prompt.num_tokens - 1) // 128
+    assert load.prefix_hit_blocks >= 2 * shared_chunks * 2  # the second and third request reused the voice
+    assert load.prefix_cached_blocks > 0
+
+
+def test_running_streams_keep_decoding_while_a_long_prompt_is_prefilled(tiny_model, reference_clips):
+    long_prompt = clone_prompt(tiny_model, reference_clips, seconds=30)
+    engine = Scheduler(tiny_model.model, max_batch_size=2, max_queue_size=2, max_seq_len=2048,
+                       prefill_chunk_tokens=64)
+    engine.start()
+    try:
+        stream = engine.submit(request(plain_prompt(tiny_model), 2000))
+        while stream.steps < 5:
+            time.sleep(0.002)
+        arrival = engine.submit(request(long_prompt, 5))
+        steps_at_arrival = stream.steps
+        while not arrival.steps:
+            time.sleep(0.001)
+        steps_during_prefill = stream.steps - steps_at_arrival
+        stream.cancel()
+        arrival.result(60)
+    finally:
+        engine.stop()
+    chunks = -(-long_prompt.num_tokens // 64)
+    assert long_prompt.num_tokens > 700 and steps_during_prefill >= chunks - 2
+
+
+def test_idle_prefixes_are_bounded_and_evicted_least_recently_used():
+    config = HiggsAudioV2Config(num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    cache = PagedKVCache(config, num_slots=1, max_len=256, budget_tokens=512, device=torch.device("cpu"),
+                         dtype=torch.float32, prefix_cache_tokens=3 * BLOCK_SIZE)
+    for voice in (b"a", b"b"):
+        assert cache.reserve(0, 200, cache.prefixes.match([voice + b"0", voice + b"1"]))
+        cache.ensure(0, 200)
+        cache.remember_prefix(0, [voice + b"0", voice + b"1"])
+        cache.release(0)
+    assert cache.prefixes.idle_blocks == 3  # the bound: the tail of the oldest prefix went first
+    assert len(cache.prefixes.match([b"a0", b"a1"])) == 1 and len(cache.prefixes.match([b"b0", b"b1"])) == 2
+    assert cache.blocks_available == cache.num_blocks  # idle prefixes never stand in the way
+    assert cache.reserve(0, 256, [])
+    cache.ensure(0, 256)  # takes every free block, then the oldest idle ones
+    assert cache.prefixes.idle_blocks < 3

@@ -1,5 +1,6 @@
-"""The model's forward passes for serving: prefill one request into its cache blocks, and decode
-one frame for many requests at once over the paged KV cache.
+"""The model's forward passes for serving: prefill a request's prompt into its cache blocks (in
+chunks, each with the positions before it as context), and decode one frame for many requests at
+once over the paged KV cache.
 
 Prefill runs transformers' own forward (mixed text and audio positions, dual FFN routing) and
 copies the keys and values into the request's blocks. Decode positions are all audio, so the step
@@ -63,29 +64,42 @@ class DecodeLinears:
 
 
 class BatchedModel:
-    def __init__(self, model, num_slots: int, max_len: int, kv_budget_tokens: int):
+    def __init__(self, model, num_slots: int, max_len: int, kv_budget_tokens: int, prefix_cache_tokens: int | None = None):
         self.model = model
         self.config = model.config
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.num_slots = num_slots
-        self.cache = PagedKVCache(self.config, num_slots, max_len, kv_budget_tokens, self.device, self.dtype)
+        self.cache = PagedKVCache(self.config, num_slots, max_len, kv_budget_tokens, self.device, self.dtype,
+                                  prefix_cache_tokens)
         self.linears = DecodeLinears(model, self.device)
 
     @torch.inference_mode()
-    def prefill(self, slot: int, input_ids: list[int], audio_frames: torch.Tensor) -> torch.Tensor:
-        """Runs the prompt and stores its keys/values in `slot`'s blocks (given beforehand with
-        `cache.ensure`); returns the logits of the first frame as (codebooks, codebook_size) float32."""
-        ids = torch.tensor([input_ids], device=self.device)
-        audio = None
-        if len(audio_frames):
-            audio = audio_frames.to(self.device)[None]
+    def prefill(self, slot: int, input_ids: list[int], audio_frames: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Runs prompt positions [start, end), with the slot's cached positions [0, start) as context,
+        and stores their keys/values in the slot's blocks (given beforehand with `cache.ensure`).
+        Returns the logits of the frame after position end - 1, (codebooks, codebook_size) float32."""
         past = DynamicCache(config=self.config)
+        for layer in range(self.config.num_hidden_layers if start else 0):
+            keys, values = self.cache.read(slot, layer, start)
+            past.update(keys[None], values[None], layer)
+        ids = torch.tensor([input_ids[start:end]], device=self.device)
+        audio_positions = (ids[0] == self.config.audio_token_id) | (ids[0] == self.config.audio_delay_token_id)
+        audio = None
+        if bool(audio_positions.any()):
+            first = sum(token in self.audio_token_ids for token in input_ids[:start])
+            audio = audio_frames[first:first + int(audio_positions.sum())].to(self.device)[None]
         out = self.model(input_ids=ids, audio_input_ids=audio,
                          audio_input_ids_mask=None if audio is None else torch.ones(audio.shape[:2], dtype=torch.bool, device=self.device),
                          past_key_values=past, use_cache=True, logits_to_keep=1)
-        self.cache.store_prompt(slot, [layer.keys[0] for layer in past.layers], [layer.values[0] for layer in past.layers])
+        self.cache.store(slot, start, [layer.keys[0, :, start:] for layer in past.layers],
+                         [layer.values[0, :, start:] for layer in past.layers])
         return self._frame_logits(out.logits[:, -1])[0]
+
+    @property
+    def audio_token_ids(self) -> tuple[int, int]:
+        """The prompt tokens that stand for audio frames (clip frames, then the delay-pattern tail)."""
+        return self.config.audio_token_id, self.config.audio_delay_token_id
 
     def decode(self, slots: torch.Tensor, frames: torch.Tensor, live: LiveBlocks) -> torch.Tensor:
         """Feeds one frame (codebooks,) per row to the sequences of `slots` (padding rows name the

@@ -4,9 +4,12 @@ Device side: per layer a key pool and a value pool of shape (blocks, kv_heads, B
 a block table (one row per slot: the ids of its blocks, in order) and each slot's length. Block 0 is
 scratch: unused table entries point at it, and the padding rows of a bucketed batch write into it.
 
-Host side: a free list and reservations. A request is admitted only if the blocks it could ever
-need (prompt plus its frame limit, capped at the per-request maximum) can be reserved, so it never
-runs out half-way; blocks are then taken from the pool as it grows and all return when it ends.
+Host side: a free list, reservations and the prefix index. A request is admitted only if the blocks
+it could ever need (prompt plus its frame limit, capped at the per-request maximum) can be reserved,
+so it never runs out half-way; blocks are then taken from the pool as it grows. A request whose
+prompt starts like an earlier one's starts with that request's cached blocks (shared, read-only:
+it writes only past them). When a request ends its blocks return to the pool, except the prompt
+blocks named in the prefix index, which stay cached while idle until the pool needs them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .paged_attention import BLOCK_SIZE, blocks_for
+from .prefix_cache import PrefixIndex
 
 # On GPU the live-block count is rounded up to a multiple of this (padding blocks are empty), so a
 # few static shapes cover every batch.
@@ -38,7 +42,8 @@ class LiveBlocks:
 
 class PagedKVCache:
     def __init__(self, config, num_slots: int, max_len: int, budget_tokens: int, device: torch.device,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, prefix_cache_tokens: int | None = None):
+        """`prefix_cache_tokens` bounds the idle cached prefix blocks (default: half the budget)."""
         self.num_blocks = budget_tokens // BLOCK_SIZE  # usable, scratch not counted
         self.max_blocks_per_seq = blocks_for(max_len)
         if self.num_blocks < self.max_blocks_per_seq:
@@ -60,22 +65,32 @@ class PagedKVCache:
         self._free = list(range(self.num_blocks, 0, -1))
         self._owned: dict[int, list[int]] = {}
         self._reserved: dict[int, int] = {}  # blocks promised to a slot and not yet taken
+        self._users: dict[int, int] = {}  # requests using each block
+        idle_tokens = budget_tokens // 2 if prefix_cache_tokens is None else prefix_cache_tokens
+        self.prefixes = PrefixIndex(idle_tokens // BLOCK_SIZE)
 
     # --- host bookkeeping (the scheduler thread) ---
     @property
     def blocks_used(self) -> int:
+        """Blocks holding keys and values: those of running requests and idle cached prefixes."""
         return self.num_blocks - len(self._free)
 
     @property
     def blocks_available(self) -> int:
-        return len(self._free) - sum(self._reserved.values())
+        return len(self._free) + self.prefixes.idle_blocks - sum(self._reserved.values())
 
-    def reserve(self, slot: int, tokens: int) -> bool:
-        """Promises `slot` enough blocks for `tokens` positions, if the pool can."""
-        needed = blocks_for(min(tokens, self.max_len))
-        if needed > self.blocks_available:
+    def reserve(self, slot: int, tokens: int, shared: list[int]) -> bool:
+        """Gives `slot` the cached blocks `shared` (its prompt's first blocks) and promises it enough
+        blocks for `tokens` positions in all, if the pool can."""
+        needed = blocks_for(min(tokens, self.max_len)) - len(shared)
+        idle_shared = sum(1 for block in shared if not self._users.get(block))
+        if needed > self.blocks_available - idle_shared:
             return False
-        self._owned[slot], self._reserved[slot] = [], needed
+        for block in shared:
+            self.prefixes.take(block)
+            self._users[block] = self._users.get(block, 0) + 1
+        self.block_table[slot, :len(shared)] = torch.tensor(shared, dtype=torch.long)
+        self._owned[slot], self._reserved[slot] = list(shared), needed
         return True
 
     def ensure(self, slot: int, tokens: int) -> bool:
@@ -84,12 +99,32 @@ class PagedKVCache:
         owned = self._owned[slot]
         grown = False
         while len(owned) * BLOCK_SIZE < tokens:
-            block = self._free.pop()
+            block = self._free.pop() if self._free else self.prefixes.evict_oldest()
             self._reserved[slot] -= 1
+            self._users[block] = 1
             self.block_table[slot, len(owned)] = block
             owned.append(block)
             grown = True
         return grown
+
+    def remember_prefix(self, slot: int, names: list[bytes]) -> None:
+        """Names the slot's first blocks (its prompt's full blocks, now computed) for later requests."""
+        for name, block in zip(names, self._owned[slot]):
+            self.prefixes.add(name, block)
+
+    def release(self, slot: int) -> None:
+        for block in reversed(self._owned.pop(slot, [])):
+            self._users[block] -= 1
+            if self._users[block]:
+                continue
+            del self._users[block]
+            if self.prefixes.is_cached(block):
+                self._free += self.prefixes.park(block)
+            else:
+                self._free.append(block)
+        self._reserved.pop(slot, None)
+        self.block_table[slot] = 0
+        self.lengths[slot] = 0
 
     def live_blocks(self, slots: list[int], tokens: list[int]) -> LiveBlocks:
         """The blocks holding the first `tokens[row]` positions of each row's slot, row after row (a
@@ -109,24 +144,26 @@ class PagedKVCache:
         as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=self.device)  # noqa: E731
         return LiveBlocks(as_tensor(ids), as_tensor(rows), as_tensor(positions))
 
-    def release(self, slot: int) -> None:
-        self._free += reversed(self._owned.pop(slot, []))
-        self._reserved.pop(slot, None)
-        self.block_table[slot] = 0
-        self.lengths[slot] = 0
-
     # --- device side ---
-    def store_prompt(self, slot: int, layer_keys: list[torch.Tensor], layer_values: list[torch.Tensor]) -> None:
-        """Copies a prefilled prompt's keys and values, (kv_heads, length, head_dim) per layer, into the
+    def _positions(self, slot: int, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block ids and offsets of the slot's positions [start, end)."""
+        positions = torch.arange(start, end)
+        owned = torch.tensor(self._owned[slot], dtype=torch.long)
+        return owned[positions // BLOCK_SIZE].to(self.device), (positions % BLOCK_SIZE).to(self.device)
+
+    def read(self, slot: int, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The slot's keys and values for positions [0, end): (kv_heads, end, head_dim) each."""
+        blocks, offsets = self._positions(slot, 0, end)
+        return self.keys[layer][blocks, :, offsets].transpose(0, 1), self.values[layer][blocks, :, offsets].transpose(0, 1)
+
+    def store(self, slot: int, start: int, layer_keys: list[torch.Tensor], layer_values: list[torch.Tensor]) -> None:
+        """Writes positions [start, start + length) from (kv_heads, length, head_dim) per layer into the
         slot's blocks (which `ensure` must have given it)."""
-        length = layer_keys[0].shape[1]
-        count = blocks_for(length)
-        blocks = torch.tensor(self._owned[slot][:count], device=self.lengths.device)
-        padding = count * BLOCK_SIZE - length
+        end = start + layer_keys[0].shape[1]
+        blocks, offsets = self._positions(slot, start, end)
         for pool, new in zip(self.keys + self.values, layer_keys + layer_values):
-            padded = torch.nn.functional.pad(new, (0, 0, 0, padding))
-            pool[blocks] = padded.view(new.shape[0], count, BLOCK_SIZE, new.shape[2]).transpose(0, 1)
-        self.lengths[slot] = length
+            pool[blocks, :, offsets] = new.transpose(0, 1)
+        self.lengths[slot] = end
 
     def append(self, layer: int, block_rows: torch.Tensor, positions: torch.Tensor, key: torch.Tensor,
                value: torch.Tensor) -> None:

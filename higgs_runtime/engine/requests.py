@@ -55,6 +55,7 @@ class RequestHandle:
     (which reads them, blocking or from asyncio)."""
 
     request: GenerationRequest
+    prefix_names: list = field(default_factory=list)  # names of the prompt's full KV blocks (prefix cache)
     submitted_at: float = field(default_factory=time.monotonic)
     steps: int = 0
     _frames: list = field(default_factory=list)

@@ -1,10 +1,16 @@
 """Continuous batching: one thread owns the model; at every decoding step it admits waiting
-requests into free slots (prefill into paged KV blocks), decodes one frame for every running
-request, and finishes requests the moment they end, while the others go on.
+requests into free slots, prefills about `prefill_chunk_tokens` prompt tokens (so arrivals never
+stall running streams for long), decodes one frame for every running request, and finishes requests
+the moment they end, while the others go on.
 
 Admission is first come, first served and bounded twice: by free slots (rows of the batch) and by
 KV blocks (a request is admitted only when the blocks it could ever need can be reserved, so it
-never fails half-way; until then it waits in the queue).
+never fails half-way; until then it waits in the queue). A prompt that starts like an earlier one
+(the same voice) reuses that prompt's cached KV blocks and prefills only the rest.
+
+Prompts are always prefilled in the same chunks, [0, C), [C, 2C), ... with C = prefill_chunk_tokens,
+and reuse cached blocks only up to a chunk boundary: a request computes exactly what it would have
+computed without the cache or its neighbours, so the same seed gives the same audio.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import torch
 from .batched_model import BatchedModel, bucket
 from .decode_step import DecodeStep
 from .kv_cache import LiveBlocks
+from .paged_attention import BLOCK_SIZE
+from .prefix_cache import block_hashes
 from .requests import GenerationRequest, QueueFull, RequestHandle, RequestTooLarge
 from .sampling import RepetitionAware, SlotSampler, top_k_bucket
 
@@ -32,6 +40,8 @@ class EngineLoad:
     running: int
     kv_blocks_used: int
     kv_blocks_total: int
+    prefix_cached_blocks: int
+    prefix_hit_blocks: int  # since start
 
 
 @dataclass(eq=False)  # identity: two running requests are never "equal"
@@ -45,9 +55,13 @@ class _Running:
 class Scheduler:
     def __init__(self, model, max_batch_size: int, max_queue_size: int, max_seq_len: int,
                  kv_cache_tokens: int | None = None, ras: RepetitionAware = RepetitionAware(),
-                 cuda_graphs: bool = True, on_load_change=None):
-        """`kv_cache_tokens` is the KV budget shared by all requests (default: max_batch_size x max_seq_len)."""
-        self.batched = BatchedModel(model, max_batch_size, max_seq_len, kv_cache_tokens or max_batch_size * max_seq_len)
+                 cuda_graphs: bool = True, prefill_chunk_tokens: int = 128, prefix_cache_tokens: int | None = None,
+                 on_load_change=None):
+        """`kv_cache_tokens` is the KV budget shared by all requests (default: max_batch_size x max_seq_len);
+        `prefix_cache_tokens` bounds idle cached prompt prefixes (default: half the budget)."""
+        self.batched = BatchedModel(model, max_batch_size, max_seq_len, kv_cache_tokens or max_batch_size * max_seq_len,
+                                    prefix_cache_tokens)
+        self.prefill_chunk_tokens = prefill_chunk_tokens
         self.config = model.config
         self.device = self.batched.device
         self.sampler = SlotSampler(max_batch_size, self.config.num_codebooks, self.config.codebook_size,
@@ -55,7 +69,8 @@ class Scheduler:
         self.step = DecodeStep(self.batched, self.sampler, cuda_graphs)
         self.max_batch_size, self.max_queue_size, self.max_seq_len = max_batch_size, max_queue_size, max_seq_len
         self._waiting: collections.deque[RequestHandle] = collections.deque()
-        self._running: list[_Running] = []
+        self._prefilling: collections.deque[_Running] = collections.deque()  # admitted, prompt not yet all in cache
+        self._running: list[_Running] = []  # decoding
         self._free_slots = list(range(max_batch_size))
         # The running rows' slots (padded), their top-k width and live blocks: rebuilt when they change.
         self._batch_slots: torch.Tensor | None = None
@@ -86,7 +101,8 @@ class Scheduler:
         if request.prompt.num_tokens >= self.max_seq_len:
             raise RequestTooLarge(f"the prompt is {request.prompt.num_tokens} tokens long; the engine's limit per "
                                   f"request is {self.max_seq_len} tokens (prompt and audio together)")
-        handle = RequestHandle(request)
+        prompt = request.prompt
+        handle = RequestHandle(request, block_hashes(prompt.input_ids, prompt.audio_frames, self.batched.audio_token_ids))
         with self._wakeup:
             if follow_up:
                 self._waiting.appendleft(handle)
@@ -100,12 +116,13 @@ class Scheduler:
 
     @property
     def running_count(self) -> int:
-        return len(self._running)
+        return len(self._prefilling) + len(self._running)
 
     @property
     def load(self) -> EngineLoad:
         cache = self.batched.cache
-        return EngineLoad(len(self._waiting), len(self._running), cache.blocks_used, cache.num_blocks)
+        return EngineLoad(len(self._waiting), len(self._prefilling) + len(self._running), cache.blocks_used,
+                          cache.num_blocks, cache.prefixes.cached_blocks, cache.prefixes.hits)
 
     # --- the scheduler thread ---
     def _report_load(self) -> None:
@@ -118,19 +135,20 @@ class Scheduler:
         while True:
             with self._wakeup:
                 self._report_load()
-                self._wakeup.wait_for(lambda: self._stopping or self._waiting or self._running)
+                self._wakeup.wait_for(lambda: self._stopping or self._waiting or self._prefilling or self._running)
                 if self._stopping:
                     break
             try:
                 self._admit()
+                self._prefill_chunks()
                 self._report_load()
                 if self._running:
                     self._decode_step()
             except Exception as exc:  # a fault in one step fails the requests in it, not the engine
                 log.exception("engine step failed")
-                for running in list(self._running):
+                for running in [*self._prefilling, *self._running]:
                     self._finish(running, "error", f"internal engine error: {type(exc).__name__}")
-        for running in list(self._running):
+        for running in [*self._prefilling, *self._running]:
             self._finish(running, "cancelled")
         for handle in self._waiting:
             handle.finish("cancelled")
@@ -148,22 +166,50 @@ class Scheduler:
                     handle.finish("cancelled" if handle.cancelled else "timeout")
                     continue
                 request = handle.request
+                shared = cache.prefixes.match(handle.prefix_names[:self._reusable_blocks(request.prompt.num_tokens)])
+                shared = shared[:len(shared) - len(shared) % (self.prefill_chunk_tokens // BLOCK_SIZE)]
                 slot = self._free_slots[-1]
-                if not cache.reserve(slot, request.prompt.num_tokens + request.max_new_frames):
+                if not cache.reserve(slot, request.prompt.num_tokens + request.max_new_frames, shared):
                     return
                 self._waiting.popleft()
                 self._free_slots.pop()
-            self._prefill(_Running(handle, slot, cached_tokens=request.prompt.num_tokens))
+            self._prefilling.append(_Running(handle, slot, cached_tokens=len(shared) * BLOCK_SIZE))
 
-    def _prefill(self, running: _Running) -> None:
+    def _reusable_blocks(self, prompt_tokens: int) -> int:
+        """Cached blocks a prompt may start with: whole chunks, short of its last position (whose logits
+        give the first frame)."""
+        return (prompt_tokens - 1) // self.prefill_chunk_tokens * (self.prefill_chunk_tokens // BLOCK_SIZE)
+
+    def _prefill_chunks(self) -> None:
+        """Prefills whole chunks, oldest admission first, until about `prefill_chunk_tokens` tokens were
+        computed (at least one chunk); a request whose prompt is all in the cache draws its first frame
+        and joins the decoding batch."""
+        budget = self.prefill_chunk_tokens
+        while self._prefilling:
+            running = self._prefilling[0]
+            handle, prompt = running.handle, running.handle.request.prompt
+            if handle.cancelled or handle.expired:
+                self._finish(running, "cancelled" if handle.cancelled else "timeout")
+                continue
+            start = running.cached_tokens
+            end = min(prompt.num_tokens, start + self.prefill_chunk_tokens)
+            if end - start > budget:
+                return
+            self.batched.cache.ensure(running.slot, end)
+            audio = torch.from_numpy(prompt.audio_frames)
+            logits = self.batched.prefill(running.slot, prompt.input_ids, audio, start, end)
+            running.cached_tokens, budget = end, budget - (end - start)
+            if end == prompt.num_tokens:
+                self._prefilling.popleft()
+                self.batched.cache.remember_prefix(running.slot, handle.prefix_names)
+                self._start_decoding(running, logits, audio)
+
+    def _start_decoding(self, running: _Running, logits: torch.Tensor, prompt_audio: torch.Tensor) -> None:
         request, slot = running.handle.request, running.slot
-        audio = torch.from_numpy(request.prompt.audio_frames)
-        self.batched.cache.ensure(slot, request.prompt.num_tokens)
         self._running.append(running)
         self._batch_slots = None
         with torch.inference_mode():
-            logits = self.batched.prefill(slot, request.prompt.input_ids, audio)
-            self.sampler.start(slot, request.sampling, audio)
+            self.sampler.start(slot, request.sampling, prompt_audio)
             slots = torch.tensor([slot], device=self.device)
             frames = self.sampler.next_frames(slots, logits[None], top_k_bucket([request.sampling.top_k],
                                                                                 self.config.codebook_size))
@@ -209,8 +255,11 @@ class Scheduler:
             self._finish(running, "guard")
 
     def _finish(self, running: _Running, reason: str, error: str | None = None) -> None:
-        self._running.remove(running)
-        self._batch_slots = None
+        if running in self._running:
+            self._running.remove(running)
+            self._batch_slots = None
+        else:
+            self._prefilling.remove(running)
         self.batched.cache.release(running.slot)
         self._free_slots.append(running.slot)
         running.handle.finish(reason, error)
