@@ -230,7 +230,7 @@ def test_running_streams_keep_decoding_while_a_long_prompt_is_prefilled(tiny_mod
 
 def test_idle_prefixes_are_bounded_and_evicted_least_recently_used():
     config = HiggsAudioV2Config(num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
-    cache = PagedKVCache(config, num_slots=1, max_len=256, budget_tokens=512, device=torch.device("cpu"),
+    cache = PagedKVCache(config, num_slots=1, max_len=256, budget_tokens=6 * BLOCK_SIZE, device=torch.device("cpu"),
                          dtype=torch.float32, prefix_cache_tokens=3 * BLOCK_SIZE)
     for voice in (b"a", b"b"):
         assert cache.reserve(0, 200, cache.prefixes.match([voice + b"0", voice + b"1"]))
