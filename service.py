@@ -23,7 +23,7 @@ from higgs_runtime.engine.requests import QueueFull
 from higgs_runtime.http_middleware import (ApiKeyAuth, BodySizeLimit, CancelOnDisconnect, ClientErrorLogFilter,
                                            ErrorContract, RequestBodyTooLarge, RequestId, RequestIdLogFilter)
 from higgs_runtime.http_streams import audio_bytes, sse_events
-from higgs_runtime.inputs import optional_text, required_text, voice_name, voice_names
+from higgs_runtime.inputs import optional_text, present, required_text, voice_name, voice_names
 from higgs_runtime.loading import BackgroundLoader, resolve_device
 from higgs_runtime.schemas import (OPENAI_MODEL_NAMES, GenerateResponse, Health, MaxNewTokens, ResponseFormat,
                                    ScenePrompt, Seed, SpeechRequest, Temperature, Text, TopK, TopP, Usage, VoiceInfo,
@@ -108,7 +108,7 @@ async def _in_thread(function, *args):
         try:
             return function(*args)
         except StopIteration as exc:
-            raise RuntimeError(f"{function.__name__} raised StopIteration") from exc
+            raise RuntimeError("StopIteration escaped blocking work") from exc
 
     return await asyncio.to_thread(call)
 
@@ -216,7 +216,7 @@ class HiggsAudio:
         text, scene_prompt = _text(text), _scene(scene_prompt)
         sampling = _sampling(temperature, top_p, top_k, max_new_tokens, seed)
         reference_voice = voice_name("reference_voice", reference_voice)
-        reference_audio = reference_audio.strip() or None if reference_audio is not None else None
+        reference_audio = present(reference_audio)
         reference_text = optional_text("reference_text", reference_text, settings.max_transcript_chars)
         if (reference_voice is None) == (reference_audio is None):
             raise ApiError(400, "give exactly one of reference_voice (a voice name from GET /voices) "
@@ -271,7 +271,7 @@ class HiggsAudio:
             text = required_text("input", body.input, settings.max_text_chars)
             sampling = _sampling(body.temperature, body.top_p, body.top_k, body.max_new_tokens, body.seed)
             voice = voice_name("voice", body.voice_name)
-            reference_audio = body.ref_audio.strip() or None if body.ref_audio is not None else None
+            reference_audio = present(body.ref_audio)
             scene_prompt = optional_text("instructions", body.instructions, settings.max_scene_chars)
             reference_text = optional_text("ref_text", body.ref_text, settings.max_transcript_chars)
             if voice is not None and reference_audio is not None:

@@ -7,14 +7,18 @@ from .speech import InvalidRequest
 from .voices import MAX_VOICE_NAME_CHARS
 
 
+def present(value: str | None) -> str | None:
+    """The value stripped, None when absent or blank: for fields bounded otherwise (base64 audio, by
+    the request body's limit and the clip's duration)."""
+    return value.strip() or None if value is not None else None
+
+
 def optional_text(field: str, value: str | None, limit: int) -> str | None:
     """The text stripped, None when absent or blank."""
-    if value is None:
-        return None
-    text = value.strip()
-    if len(text) > limit:
+    text = present(value)
+    if text is not None and len(text) > limit:
         raise InvalidRequest(f"{field} is {len(text)} characters long; the limit is {limit}")
-    return text or None
+    return text
 
 
 def required_text(field: str, value: str, limit: int) -> str:

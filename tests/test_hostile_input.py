@@ -41,7 +41,8 @@ def hostile(start_server):
     post(server, "/generate", {"text": "Warm up.", **QUICK})  # the first decode step prepares the weights
     server.worker = worker_process(server.process.pid)
     server.rss_at_start = peak_rss_bytes(server.worker)
-    return server
+    yield server
+    server.stop()
 
 
 def post(server, path: str, body: dict, timeout: float = 60, **kwargs) -> requests.Response:
@@ -204,7 +205,7 @@ def _admitted(send):
 
 def test_long_texts_complete_under_a_saturated_queue(hostile):
     stop, refused = threading.Event(), []
-    fillers = [threading.Thread(target=_keep_the_queue_full, args=(hostile.url, stop, refused)) for _ in range(6)]
+    fillers = [threading.Thread(target=_keep_the_queue_full, args=(hostile.url, stop, refused)) for _ in range(5)]
     for filler in fillers:
         filler.start()
     try:
@@ -242,7 +243,8 @@ def short_timeout(start_server):
                                      "HIGGS_LONG_FORM_CHUNK_CHARS": "60"})
     server.wait_until(("healthy",))
     requests.post(server.url + "/generate", json={"text": "Warm up.", **QUICK}, timeout=60)
-    return server
+    yield server
+    server.stop()
 
 
 # Six text chunks of 120 greedy frames: each chunk well within 2 s, the whole request well beyond.
