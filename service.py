@@ -6,7 +6,6 @@ import asyncio
 import base64
 import functools
 import logging
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,19 +20,31 @@ from higgs_runtime.audio import SAMPLE_RATE, AudioInputError, decode_audio, deco
 from higgs_runtime.config import Settings
 from higgs_runtime.encoding import FORMATS, encode
 from higgs_runtime.engine.requests import QueueFull, RequestTooLarge
-from higgs_runtime.http_middleware import ApiKeyAuth, BodySizeLimit, ErrorContract, RequestId, RequestIdLogFilter
+from higgs_runtime.http_middleware import (ApiKeyAuth, BodySizeLimit, CancelOnDisconnect, ClientErrorLogFilter,
+                                           ErrorContract, RequestBodyTooLarge, RequestId, RequestIdLogFilter)
 from higgs_runtime.http_streams import audio_bytes, sse_events
+from higgs_runtime.inputs import optional_text, present, required_text, voice_name, voice_names
 from higgs_runtime.loading import BackgroundLoader, resolve_device
-from higgs_runtime.schemas import (OPENAI_MODEL_NAMES, FormText, GenerateResponse, Health, MaxNewTokens,
-                                   ResponseFormat, ScenePrompt, Seed, SpeechRequest, Temperature, Text, TopK, TopP,
-                                   Usage, VoiceInfo, VoiceSummary)
-from higgs_runtime.speech import GenerationFailed, InvalidRequest, Sampling, Speech, SpeechPlan, Synthesizer
+from higgs_runtime.schemas import (OPENAI_MODEL_NAMES, GenerateResponse, Health, MaxNewTokens, ResponseFormat,
+                                   ScenePrompt, Seed, SpeechRequest, Temperature, Text, TopK, TopP, Usage, VoiceInfo,
+                                   VoiceSummary)
+from higgs_runtime.speech import (GenerationFailed, GenerationTimeout, InvalidRequest, Sampling, Speech, SpeechPlan,
+                                  Synthesizer)
+from higgs_runtime.upload_form import VoiceUploadForm
 from higgs_runtime.voices import (CATALOG_PATH, PresetNotDeletable, Voice, VoiceError, VoiceExists, VoiceNotFound,
                                   VoiceStore, fetch_presets, load_catalog)
 
 log = logging.getLogger("higgs_audio.service")
-for name in ("higgs_audio", "higgs_runtime"):
-    logging.getLogger(name).addFilter(RequestIdLogFilter())
+# BentoML's logging leaves the root at WARNING: our INFO lines (client errors, model loading) need their own level.
+OUR_LOGGERS = ("higgs_audio", "higgs_runtime")
+for name in OUR_LOGGERS:
+    logging.getLogger(name).setLevel(logging.INFO)
+# A logger's filters apply only to its own records, not its children's: each of our loggers gets one.
+for name in list(logging.root.manager.loggerDict):
+    if name.partition(".")[0] in OUR_LOGGERS:
+        logging.getLogger(name).addFilter(RequestIdLogFilter())
+# The logger of BentoML's API error handling (bentoml._internal.server.http_app.log_exception).
+logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())
 settings = Settings.from_env()
 UPLOAD_ROUTE = "/upload-voice"
 OPEN_PATHS = frozenset({"/health", "/livez", "/readyz"})
@@ -54,10 +65,14 @@ def _status_for(exc: Exception) -> int | None:
         return exc.status
     if isinstance(exc, VoiceExists):
         return 409
+    if isinstance(exc, RequestBodyTooLarge):
+        return 413  # BodySizeLimit answers it
     if isinstance(exc, (InvalidRequest, AudioInputError, VoiceError, RequestTooLarge)):
         return 400
     if isinstance(exc, QueueFull):
         return 429
+    if isinstance(exc, GenerationTimeout):
+        return 504
     if isinstance(exc, GenerationFailed):
         return 500
     return None
@@ -84,6 +99,19 @@ def json_errors(route):
             return _error_response(exc, route.__name__)
 
     return wrapper
+
+
+async def _in_thread(function, *args):
+    """Runs blocking work (prompt building, audio decoding) off the event loop. asyncio cannot put a
+    StopIteration into the awaiting future, which would then never complete: it becomes a RuntimeError."""
+
+    def call():
+        try:
+            return function(*args)
+        except StopIteration as exc:
+            raise RuntimeError("StopIteration escaped blocking work") from exc
+
+    return await asyncio.to_thread(call)
 
 
 @bentoml.service(
@@ -171,9 +199,9 @@ class HiggsAudio:
                        response_format: ResponseFormat = "wav") -> GenerateResponse:
         """Text to speech; the model picks a voice."""
         started, synthesizer = time.monotonic(), self._ready_synthesizer()
-        text, scene_prompt = _checked_text(text), _optional_text(scene_prompt)
+        text, scene_prompt = _text(text), _scene(scene_prompt)
         sampling = _sampling(temperature, top_p, top_k, max_new_tokens, seed)
-        plan = await asyncio.to_thread(synthesizer.plan_plain, text, scene_prompt)
+        plan = await _in_thread(synthesizer.plan_plain, text, scene_prompt)
         return await self._respond(text, plan, sampling, response_format, started)
 
     @bentoml.api(route="/generate/voice-clone")
@@ -186,15 +214,17 @@ class HiggsAudio:
                                    response_format: ResponseFormat = "wav") -> GenerateResponse:
         """Zero-shot voice cloning from a named voice or a base64 WAV/MP3/FLAC clip."""
         started, synthesizer = time.monotonic(), self._ready_synthesizer()
-        text, scene_prompt = _checked_text(text), _optional_text(scene_prompt)
+        text, scene_prompt = _text(text), _scene(scene_prompt)
         sampling = _sampling(temperature, top_p, top_k, max_new_tokens, seed)
-        reference_voice, reference_audio = _optional_text(reference_voice), _optional_text(reference_audio)
+        reference_voice = voice_name("reference_voice", reference_voice)
+        reference_audio = present(reference_audio)
+        reference_text = optional_text("reference_text", reference_text, settings.max_transcript_chars)
         if (reference_voice is None) == (reference_audio is None):
             raise ApiError(400, "give exactly one of reference_voice (a voice name from GET /voices) "
                                 "or reference_audio (base64 WAV, MP3 or FLAC)")
         # Decoding and encoding a reference clip is heavy: off the event loop.
-        plan = await asyncio.to_thread(self._clone_plan, synthesizer, text, scene_prompt, reference_voice,
-                                       reference_audio, _optional_text(reference_text))
+        plan = await _in_thread(self._clone_plan, synthesizer, text, scene_prompt, reference_voice,
+                                reference_audio, reference_text)
         return await self._respond(text, plan, sampling, response_format, started)
 
     @bentoml.api(route="/generate/multi-speaker")
@@ -206,28 +236,30 @@ class HiggsAudio:
                                      response_format: ResponseFormat = "wav") -> GenerateResponse:
         """Dialogue from text tagged [SPEAKER0], [SPEAKER1], ...; reference_voices[i] voices SPEAKERi."""
         started, synthesizer = time.monotonic(), self._ready_synthesizer()
-        text, scene_prompt = _checked_text(text), _optional_text(scene_prompt)
+        text, scene_prompt = _text(text), _scene(scene_prompt)
         sampling = _sampling(temperature, top_p, top_k, max_new_tokens, seed)
-        voices = reference_voices or []
+        voices = voice_names("reference_voices", reference_voices or [], settings.max_speakers)
         for name in voices:
             self.voices.get(name)
-        plan = await asyncio.to_thread(synthesizer.plan_multi_speaker, text, scene_prompt, voices)
+        plan = await _in_thread(synthesizer.plan_multi_speaker, text, scene_prompt, voices)
         return await self._respond(text, plan, sampling, response_format, started)
 
     # --- voices ---
-    @bentoml.api(route=UPLOAD_ROUTE)
+    @bentoml.api(route=UPLOAD_ROUTE, input_spec=VoiceUploadForm)
     @json_errors
-    async def upload_voice(self, file: Path, name: FormText = None, description: FormText = None,
-                           transcript: FormText = None) -> VoiceInfo:
+    async def upload_voice(self, file: Path, name: str, description: str | None = None,
+                           transcript: str | None = None) -> VoiceInfo:
         """Stores a reference voice (WAV, MP3 or FLAC); it is listed and usable at once."""
-        name = _optional_text(name) or Path(_uploaded_filename(file)).stem
+        name = voice_name("name", name) or ""
+        description = optional_text("description", description, settings.max_description_chars)
+        transcript = optional_text("transcript", transcript, settings.max_transcript_chars)
         self.voices.check_new_name(name)
         data = Path(file).read_bytes()
         if len(data) > settings.max_upload_bytes:
             raise ApiError(413, f"file is larger than the limit of {settings.max_upload_bytes // (1024 * 1024)} MiB")
-        clip = decode_audio(data, min_seconds=settings.min_reference_seconds, max_seconds=settings.max_reference_seconds)
-        voice = self.voices.add_upload(name, clip, _optional_text(description), _optional_text(transcript))
-        return _voice_info(voice)
+        clip = await _in_thread(functools.partial(decode_audio, data, min_seconds=settings.min_reference_seconds,
+                                                  max_seconds=settings.max_reference_seconds))
+        return _voice_info(self.voices.add_upload(name, clip, description, transcript))
 
     # --- the OpenAI-compatible route ---
     @http_app.post("/v1/audio/speech")
@@ -237,17 +269,19 @@ class HiggsAudio:
         try:
             body = _openai_body(await request.body())
             synthesizer = self._ready_synthesizer()
-            text = _checked_text(body.input)
+            text = required_text("input", body.input, settings.max_text_chars)
             sampling = _sampling(body.temperature, body.top_p, body.top_k, body.max_new_tokens, body.seed)
-            voice, reference_audio = body.voice_name, _optional_text(body.ref_audio)
-            scene_prompt = _optional_text(body.instructions)
+            voice = voice_name("voice", body.voice_name)
+            reference_audio = present(body.ref_audio)
+            scene_prompt = optional_text("instructions", body.instructions, settings.max_scene_chars)
+            reference_text = optional_text("ref_text", body.ref_text, settings.max_transcript_chars)
             if voice is not None and reference_audio is not None:
                 raise ApiError(400, "give either voice or ref_audio, not both")
             if voice is None and reference_audio is None:
-                plan = await asyncio.to_thread(synthesizer.plan_plain, text, scene_prompt)
+                plan = await _in_thread(synthesizer.plan_plain, text, scene_prompt)
             else:
-                plan = await asyncio.to_thread(self._clone_plan, synthesizer, text, scene_prompt, voice,
-                                               reference_audio, _optional_text(body.ref_text))
+                plan = await _in_thread(self._clone_plan, synthesizer, text, scene_prompt, voice, reference_audio,
+                                        reference_text)
             stream = synthesizer.stream(plan, sampling)
         except Exception as exc:
             return _error_response(exc, "openai_speech")
@@ -275,8 +309,9 @@ class HiggsAudio:
                        started: float) -> GenerateResponse:
         speech = await self._ready_synthesizer().generate(plan, sampling)
         self._observe(started, speech)
+        audio = await _in_thread(encode, speech.samples, response_format)
         return GenerateResponse(
-            audio_base64=base64.b64encode(encode(speech.samples, response_format)).decode(),
+            audio_base64=base64.b64encode(audio).decode(),
             text=text,
             sampling_rate=SAMPLE_RATE,
             duration=duration_seconds(speech.samples),
@@ -307,13 +342,12 @@ def _openai_body(raw: bytes) -> SpeechRequest:
     return body
 
 
-def _checked_text(text: str) -> str:
-    text = text.strip()
-    if not text:
-        raise ApiError(400, "text must not be empty")
-    if len(text) > settings.max_text_chars:
-        raise ApiError(400, f"text is {len(text)} characters long; the limit is {settings.max_text_chars}")
-    return text
+def _text(text: str) -> str:
+    return required_text("text", text, settings.max_text_chars)
+
+
+def _scene(scene_prompt: str | None) -> str | None:
+    return optional_text("scene_prompt", scene_prompt, settings.max_scene_chars)
 
 
 def _sampling(temperature, top_p, top_k, max_new_tokens, seed) -> Sampling:
@@ -323,16 +357,6 @@ def _sampling(temperature, top_p, top_k, max_new_tokens, seed) -> Sampling:
     return Sampling(temperature, top_p, top_k, max_new_tokens, seed)
 
 
-def _optional_text(value: str | None) -> str | None:
-    return value.strip() or None if isinstance(value, str) else value
-
-
-def _uploaded_filename(path: Path) -> str:
-    # BentoML stores an upload as tempfile.NamedTemporaryFile(suffix=<client's file name>): "tmp" + 8 random
-    # characters + that name.
-    return path.name[len(tempfile.gettempprefix()) + 8:]
-
-
 def _requested_device_name() -> str:
     try:
         return str(resolve_device(settings.device))
@@ -340,9 +364,11 @@ def _requested_device_name() -> str:
         return settings.device
 
 
-# Outermost first: request ids on everything, then the error shapes, then keys and body limits.
+# Outermost first: request ids on everything, then the error shapes, then keys and body limits, and
+# innermost the disconnect watch, which cancels the route's own work.
 HiggsAudio.add_asgi_middleware(RequestId)
 HiggsAudio.add_asgi_middleware(ErrorContract)
 HiggsAudio.add_asgi_middleware(ApiKeyAuth, keys=settings.api_key_set(), open_paths=OPEN_PATHS)
 HiggsAudio.add_asgi_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, upload_path=UPLOAD_ROUTE,
                                max_upload_bytes=settings.max_upload_bytes + 64 * 1024)
+HiggsAudio.add_asgi_middleware(CancelOnDisconnect)

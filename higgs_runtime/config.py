@@ -49,8 +49,12 @@ class Settings:
     data_dir: Path = _default_data_dir()
     cache_dir: Path = _default_cache_dir()
     voice_source: str = DEFAULT_VOICE_SOURCE
-    # Request limits.
+    # Request limits: every user-supplied text is bounded before any work proportional to it.
     max_text_chars: int = 5000
+    max_scene_chars: int = 2000  # scene_prompt, instructions
+    max_transcript_chars: int = 1000  # reference_text, ref_text, an upload's transcript
+    max_description_chars: int = 500  # an upload's description
+    max_speakers: int = 10  # [SPEAKER0] .. [SPEAKER9], and as many reference_voices
     max_new_tokens_cap: int = 2048
     max_request_bytes: int = 32 * 1024 * 1024
     max_upload_bytes: int = 16 * 1024 * 1024
@@ -71,7 +75,7 @@ class Settings:
     prefix_cache_tokens: int = -1
     ras_window: int = 7
     ras_max_repeat: int = 2
-    request_timeout_s: float = 600.0
+    request_timeout_s: float = 600.0  # a whole request, all its text chunks together
     # Audio still going after this multiple of the time its text could plausibly take is cut (0: off).
     runaway_guard_multiple: float = 2.0
     # Long-form text: characters per generation chunk, and how many earlier chunks stay in context.
@@ -102,7 +106,8 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        positive = ("max_text_chars", "max_new_tokens_cap", "max_request_bytes", "max_upload_bytes",
+        positive = ("max_text_chars", "max_scene_chars", "max_transcript_chars", "max_description_chars",
+                    "max_speakers", "max_new_tokens_cap", "max_request_bytes", "max_upload_bytes",
                     "max_batch_size", "max_queue_size", "max_seq_len", "stream_first_chunk_frames", "long_form_chunk_chars",
                     "stream_chunk_frames", "prefill_chunk_tokens")
         for name in positive:

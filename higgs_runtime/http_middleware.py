@@ -1,9 +1,11 @@
 """ASGI middlewares that hold the HTTP contract on every route, BentoML's own included: request
-ids, optional API keys (401), request body limits (413), and error bodies: `{"detail": "<message>"}`
-on the seed's routes, OpenAI's `{"error": {"message", "type", "code"}}` under /v1/."""
+ids, optional API keys (401), request body limits (413), work stopped when the client goes away, and
+error bodies: `{"detail": "<message>"}` on the seed's routes, OpenAI's `{"error": {"message", "type",
+"code"}}` under /v1/. Client errors are logged as one line each."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import hmac
 import json
@@ -11,8 +13,11 @@ import logging
 import re
 import uuid
 
+from bentoml.exceptions import BentoMLException
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+log = logging.getLogger("higgs_audio.http")
 
 OPENAI_PREFIX = "/v1/"
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -93,7 +98,9 @@ class ApiKeyAuth:
 
 
 class BodySizeLimit:
-    """Refuses bodies above `max_bytes` (by Content-Length up front, or while streaming in)."""
+    """Refuses bodies above `max_bytes` with 413: by Content-Length up front, or while the body streams
+    in (chunked bodies have no length). However the app handles the overflow (BentoML turns any error
+    while it reads a body into a 500), the answer is the 413."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, upload_path: str, max_upload_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -108,35 +115,95 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await self._refuse(send, limit, path)
         received = 0
-        response_started = False
+        too_large = started = refused = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _TooLarge()
+                    too_large = True
+                    raise RequestBodyTooLarge()
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            response_started = response_started or message["type"] == "http.response.start"
+        async def refusing_send(message: Message) -> None:
+            nonlocal started, refused
+            if too_large and not started:
+                if not refused:
+                    refused = True
+                    await self._refuse(send, limit, path)
+                return
+            started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not response_started:
-                await self._refuse(send, limit, path)
+            await self.app(scope, limited_receive, refusing_send)
+        except RequestBodyTooLarge:
+            pass
+        if too_large and not started and not refused:
+            await self._refuse(send, limit, path)
 
     @staticmethod
     async def _refuse(send: Send, limit: int, path: str) -> None:
         await _send_error(send, 413, f"request body is larger than the limit of {limit // (1024 * 1024)} MiB", path)
 
 
-class _TooLarge(Exception):
+class RequestBodyTooLarge(Exception):
     pass
+
+
+class CancelOnDisconnect:
+    """Cancels the app's work on a request when the client goes away before the response is complete,
+    so generation stops within a step on every route. BentoML's routes never look for a disconnect
+    themselves. Once the app has read the whole body, this middleware listens for the disconnect and
+    hands it on to the app too (starlette's streaming responses wait for it)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        body_read, client_gone = asyncio.Event(), asyncio.Event()
+        response_complete = False
+
+        async def app_receive() -> Message:
+            if body_read.is_set():
+                await client_gone.wait()
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                client_gone.set()
+            elif not message.get("more_body", False):
+                body_read.set()
+            return message
+
+        async def app_send(message: Message) -> None:
+            nonlocal response_complete
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                response_complete = True
+            await send(message)
+
+        async def watch_for_disconnect() -> None:
+            await body_read.wait()
+            # The server also answers `http.disconnect` once the response is complete.
+            if (await receive())["type"] == "http.disconnect" and not response_complete:
+                client_gone.set()
+                work.cancel()
+
+        work = asyncio.create_task(self.app(scope, app_receive, app_send))
+        watcher = asyncio.create_task(watch_for_disconnect())
+        try:
+            await work
+        except asyncio.CancelledError:
+            if not client_gone.is_set():
+                raise
+            log.info("%s %s: the client went away before the response was complete; its work was stopped",
+                     scope["method"], scope["path"])
+        finally:
+            watcher.cancel()
+            work.cancel()  # no-op once done; stops the work if this middleware itself is cancelled
 
 
 def _detail_from(status: int, body: bytes) -> str:
@@ -171,7 +238,8 @@ def _validation_message(error: dict) -> str:
 
 
 class ErrorContract:
-    """Rewrites every error response (status >= 400) into the error shape of its route."""
+    """Rewrites every error response (status >= 400) into the error shape of its route, and logs each
+    client error (4xx) as one line."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -197,9 +265,24 @@ class ErrorContract:
             if message.get("more_body"):
                 return
             status = start["status"]
-            headers, body = _json_body(status, _detail_from(status, b"".join(chunks)), scope["path"])
+            detail = _detail_from(status, b"".join(chunks))
+            if status < 500:
+                log.info("%s %s answered %d: %s", scope["method"], scope["path"], status, detail[:300])
+            headers, body = _json_body(status, detail, scope["path"])
             kept = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-type", b"content-length")]
             await send({"type": "http.response.start", "status": status, "headers": kept + headers})
             await send({"type": "http.response.body", "body": body})
 
         await self.app(scope, receive, rewriting_send)
+
+
+class ClientErrorLogFilter(logging.Filter):
+    """BentoML logs every exception of an API call at ERROR with a traceback, client mistakes included
+    (invalid fields, a refused upload form, an oversized body). Those are answered 4xx and logged as
+    one line by ErrorContract; this filter drops BentoML's records of them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, (ValidationError, RequestBodyTooLarge)):
+            return False
+        return not (isinstance(error, BentoMLException) and error.error_code < 500)

@@ -11,7 +11,7 @@ from typing import AsyncIterator, Callable
 import numpy as np
 
 from .encoding import TempoStream, encode, stream_encoder
-from .speech import GenerationFailed, Speech, SpeechStream
+from .speech import GenerationFailed, InvalidRequest, Speech, SpeechStream
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,11 @@ WHOLE_FILE_FORMATS = frozenset({"flac"})
 async def audio_bytes(stream: SpeechStream, fmt: str, speed: float,
                       on_done: Callable[[Speech], None]) -> AsyncIterator[bytes]:
     """The audio in `fmt` at `speed`: tempo-changed and encoded incrementally as it is produced (one
-    header, one encoder for the whole stream), or as one file at the end where the format needs it."""
+    header, one encoder for the whole stream), or as one file at the end where the format needs it.
+
+    A failure ends the body early (the status line is long gone): the client sees an incomplete body,
+    never a complete-looking file with audio missing.
+    """
     tempo = TempoStream(speed)
     try:
         if fmt in WHOLE_FILE_FORMATS:
@@ -36,11 +40,17 @@ async def audio_bytes(stream: SpeechStream, fmt: str, speed: float,
                 if data := encoder.write(tempo.write(chunk)):
                     yield data
             yield encoder.write(tempo.close()) + encoder.close()
-    except GenerationFailed as exc:
-        # Headers are gone already: ending the body early is the only signal left.
-        log.error("streaming generation failed: %s", exc)
+    except Exception as exc:
+        _log_failure(exc)
         raise
     on_done(stream.speech)
+
+
+def _log_failure(exc: Exception) -> None:
+    if isinstance(exc, (GenerationFailed, InvalidRequest)):
+        log.error("streamed generation failed after the response started: %s", exc)
+    else:
+        log.exception("streamed generation failed after the response started")
 
 
 def _event(payload: dict) -> bytes:
@@ -49,12 +59,15 @@ def _event(payload: dict) -> bytes:
 
 async def sse_events(stream: SpeechStream, fmt: str, speed: float,
                      on_done: Callable[[Speech], None]) -> AsyncIterator[bytes]:
+    """Audio deltas, then `speech.audio.done`; a failure ends the stream with an `error` event instead."""
     try:
         async for data in audio_bytes(stream, fmt, speed, on_done):
             if data:
                 yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
-    except GenerationFailed as exc:
-        yield _event({"type": "error", "error": {"message": str(exc), "type": "server_error"}})
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, (GenerationFailed, InvalidRequest)) else \
+            "internal server error; the server log has the details"
+        yield _event({"type": "error", "error": {"message": message, "type": "server_error"}})
         return
     speech = stream.speech
     yield _event({"type": "speech.audio.done", "usage": {

@@ -6,6 +6,7 @@ The layout follows the checkpoint's chat template (`shared/docs/higgs-audio-v2.m
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 
@@ -24,10 +25,26 @@ DEFAULT_VOICED_SCENE = "Audio is recorded from a quiet room."
 # The user turn before a reference clip whose transcript is unknown (a weaker but working clone).
 UNKNOWN_TRANSCRIPT = "Please listen to this voice."
 
-AUDIO_OUT = "<|AUDIO_OUT|>"
-AUDIO_SPAN = "<|audio_out_bos|>" + AUDIO_OUT + "<|audio_eos|>"
+
+class ControlToken(str):
+    """A special token written by the template. Only these become control tokens: user text is
+    tokenized with special-token strings split into plain text."""
+
+
+BEGIN_OF_TEXT = ControlToken("<|begin_of_text|>")
+START_HEADER = ControlToken("<|start_header_id|>")
+END_HEADER = ControlToken("<|end_header_id|>")
+END_OF_TURN = ControlToken("<|eot_id|>")
+AUDIO_OUT_BOS = ControlToken("<|audio_out_bos|>")
+AUDIO_OUT = ControlToken("<|AUDIO_OUT|>")
+AUDIO_EOS = ControlToken("<|audio_eos|>")
+SCENE_START = ControlToken("<|scene_desc_start|>")
+SCENE_END = ControlToken("<|scene_desc_end|>")
+AUDIO_SPAN = (AUDIO_OUT_BOS, AUDIO_OUT, AUDIO_EOS)
 DELAY_TOKEN = "<|reserved_special_token_6|>"
 SPEAKER_TAG = re.compile(r"\[SPEAKER(\d+)\]")
+# A speaker index with more digits than this is not parsed: it counts as more speakers than any server allows.
+MAX_SPEAKER_INDEX_DIGITS = 6
 
 
 def _text(text: str) -> dict:
@@ -69,7 +86,8 @@ def with_history(messages: list[dict], spoken_texts: list[str]) -> list[dict]:
 
 def speaker_count(text: str) -> int:
     """Number of speakers a tagged dialogue needs: one past the highest `[SPEAKERi]` index."""
-    indices = [int(match) for match in SPEAKER_TAG.findall(text)]
+    indices = [int(digits) if len(digits) <= MAX_SPEAKER_INDEX_DIGITS else 10 ** MAX_SPEAKER_INDEX_DIGITS
+               for digits in SPEAKER_TAG.findall(text)]
     return max(indices) + 1 if indices else 0
 
 
@@ -89,42 +107,54 @@ def multi_speaker_messages(text: str, scene_prompt: str | None, voice_count: int
 
 
 # --- rendering ----------------------------------------------------------------------------------
+# A rendering is a list of parts: ControlTokens from the template, and plain strings (template text
+# and user text alike). Joined, the parts are the prompt text of the golden vectors.
 
-def _render_item(item: dict) -> str:
-    return AUDIO_SPAN if item["type"] == "audio" else item["text"].strip()
-
-
-def _render_scene(items: list[dict]) -> str:
-    first, rest = items[0], items[1:]
-    body = _render_item(first)
-    if rest:
-        lines: list[str] = []
-        for item in rest:
-            if item["type"] == "audio" and lines:
-                lines[-1] += " " + AUDIO_SPAN  # a clip follows its speaker label on the same line
-            else:
-                lines.append(_render_item(item))
-        body += "\n\n" + "\n".join(lines)
-    return "\n\n<|scene_desc_start|>\n" + body + "\n<|scene_desc_end|>"
+def _item(item: dict) -> list[str]:
+    return list(AUDIO_SPAN) if item["type"] == "audio" else [item["text"].strip()]
 
 
-def _turn(role: str, body: str) -> str:
-    return f"<|start_header_id|>{role}<|end_header_id|>\n\n{body}<|eot_id|>"
+def _items(items: list[dict]) -> list[str]:
+    return [part for item in items for part in _item(item)]
+
+
+def _scene(items: list[dict]) -> list[str]:
+    body = _item(items[0])
+    lines: list[list[str]] = []
+    for item in items[1:]:
+        if item["type"] == "audio" and lines:
+            lines[-1] += [" ", *AUDIO_SPAN]  # a clip follows its speaker label on the same line
+        else:
+            lines.append(_item(item))
+    if lines:
+        body += ["\n\n", *lines[0]]
+        for line in lines[1:]:
+            body += ["\n", *line]
+    return ["\n\n", SCENE_START, "\n", *body, "\n", SCENE_END]
+
+
+def _turn(role: str, body: list[str]) -> list[str]:
+    return [START_HEADER, role, END_HEADER, "\n\n", *body, END_OF_TURN]
+
+
+def render_parts(messages: list[dict]) -> list[str]:
+    """The prompt as parts, with one `<|AUDIO_OUT|>` placeholder per audio item."""
+    system, rest = messages[0], messages[1:]
+    if system["role"] != "system":
+        raise ValueError("a conversation starts with its system message")
+    system_body = _items(system["content"])
+    if rest and rest[0]["role"] == "scene":
+        system_body += _scene(rest[0]["content"])
+        rest = rest[1:]
+    parts = [BEGIN_OF_TEXT, *_turn("system", system_body)]
+    for message in rest:
+        parts += _turn(message["role"], _items(message["content"]))
+    return parts + [START_HEADER, "assistant", END_HEADER, "\n\n", AUDIO_OUT_BOS]
 
 
 def render(messages: list[dict]) -> str:
     """The prompt text, with one `<|AUDIO_OUT|>` placeholder per audio item."""
-    system, rest = messages[0], messages[1:]
-    if system["role"] != "system":
-        raise ValueError("a conversation starts with its system message")
-    system_body = "".join(_render_item(item) for item in system["content"])
-    if rest and rest[0]["role"] == "scene":
-        system_body += _render_scene(rest[0]["content"])
-        rest = rest[1:]
-    parts = ["<|begin_of_text|>", _turn("system", system_body)]
-    parts += [_turn(m["role"], "".join(_render_item(item) for item in m["content"])) for m in rest]
-    parts.append("<|start_header_id|>assistant<|end_header_id|>\n\n<|audio_out_bos|>")
-    return "".join(parts)
+    return "".join(render_parts(messages))
 
 
 def count_audio_items(messages: list[dict]) -> int:
@@ -145,20 +175,58 @@ class Prompt:
         return len(self.input_ids)
 
 
-def tokenize(messages: list[dict], reference_codes: list[np.ndarray], tokenizer, config) -> Prompt:
-    """`reference_codes[i]` (codebooks x frames) fills the i-th audio item, in order of appearance."""
+class PromptTooLong(ValueError):
+    def __init__(self, num_tokens: int, max_tokens: int):
+        super().__init__(f"the prompt is {num_tokens} tokens long; at most {max_tokens} fit")
+        self.num_tokens, self.max_tokens = num_tokens, max_tokens
+
+
+def token_ids(parts: list[str], tokenizer, text_tokens: frozenset[str] = frozenset()) -> list[int]:
+    """Ids of a rendering. Plain text between control tokens is tokenized as one run (as the
+    tokenizer itself splits at special tokens, so normal text gets the usual ids) with every
+    special-token string in it split into plain text, except those in `text_tokens`: the special
+    tokens user text may deliberately contain (the sound-event tags, once expressive text lets them in)."""
+    ids: list[int] = []
+    for is_control, group in itertools.groupby(parts, key=lambda part: isinstance(part, ControlToken)):
+        if is_control:
+            ids += tokenizer.convert_tokens_to_ids(list(group))
+        else:
+            ids += _plain_text_ids("".join(group), tokenizer, text_tokens)
+    return ids
+
+
+def _plain_text_ids(text: str, tokenizer, text_tokens: frozenset[str]) -> list[int]:
+    pieces = re.split(f"({'|'.join(map(re.escape, sorted(text_tokens)))})", text) if text_tokens else [text]
+    ids: list[int] = []
+    for piece in pieces:
+        if piece in text_tokens:
+            ids.append(tokenizer.convert_tokens_to_ids(piece))
+        elif piece:
+            # transformers applies this by setting a flag on the shared backend tokenizer; every
+            # encode in the server passes it, so concurrent prompt builds agree on it.
+            ids += tokenizer.encode(piece, add_special_tokens=False, split_special_tokens=True)
+    return ids
+
+
+def tokenize(messages: list[dict], reference_codes: list[np.ndarray], tokenizer, config,
+             max_tokens: int | None = None, text_tokens: frozenset[str] = frozenset()) -> Prompt:
+    """`reference_codes[i]` (codebooks x frames) fills the i-th audio item, in order of appearance.
+    Raises `PromptTooLong` before the prompt is expanded when it would exceed `max_tokens`."""
     if len(reference_codes) != count_audio_items(messages):
         raise ValueError(f"{count_audio_items(messages)} audio items but {len(reference_codes)} clips")
-    ids = tokenizer.encode(render(messages), add_special_tokens=False)
+    ids = token_ids(render_parts(messages), tokenizer, text_tokens)
+    frames = [add_delay_pattern(codes, config.audio_stream_bos_id, config.audio_stream_eos_id) for codes in reference_codes]
+    num_tokens = len(ids) - len(frames) + sum(len(clip) for clip in frames)
+    if max_tokens is not None and num_tokens > max_tokens:
+        raise PromptTooLong(num_tokens, max_tokens)
     audio_token_id = tokenizer.convert_tokens_to_ids(AUDIO_OUT)
     delay_token_id = tokenizer.convert_tokens_to_ids(DELAY_TOKEN)
     num_delayed = config.num_codebooks - 1
-    frames = [add_delay_pattern(codes, config.audio_stream_bos_id, config.audio_stream_eos_id) for codes in reference_codes]
     expanded: list[int] = []
-    clips = iter(frames)
+    clip_lengths = iter([len(clip) for clip in frames])
     for token in ids:
-        if token == audio_token_id:
-            length = len(next(clips))
+        if token == audio_token_id:  # only the template writes it, once per clip
+            length = next(clip_lengths)
             expanded += [audio_token_id] * (length - num_delayed) + [delay_token_id] * num_delayed
         else:
             expanded.append(token)

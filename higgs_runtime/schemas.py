@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 Text = Annotated[str, Field(description="Text to speak.")]
 Temperature = Annotated[float, Field(ge=0.0, le=2.0, description="Randomness, 0 to 2; 0 is greedy.")]
@@ -13,18 +13,6 @@ TopK = Annotated[int, Field(ge=0, description="Top-k sampling; 0 turns it off.")
 MaxNewTokens = Annotated[int, Field(ge=1, description="Most audio frames to generate (25 per second).")]
 Seed = Annotated[int | None, Field(ge=0, le=2**63 - 1, description="Same seed, same request: same audio.")]
 ScenePrompt = Annotated[str | None, Field(description="Description of the recording scene.")]
-
-
-def _form_text(value):
-    # BentoML JSON-decodes multipart text fields first, so `name=123` arrives as a number.
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    return value
-
-
-FormText = Annotated[str | None, BeforeValidator(_form_text)]
 
 
 class Usage(BaseModel):
@@ -82,7 +70,7 @@ class SpeechRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str
+    model: str = Field(max_length=64)
     input: str = Field(description="Text to speak.")
     voice: str | VoiceId | None = Field(None, description="A voice from GET /voices; none lets the model choose.")
     response_format: ResponseFormat = "mp3"

@@ -44,6 +44,10 @@ class GenerationFailed(RuntimeError):
     """The engine could not finish the request (timeout or internal fault)."""
 
 
+class GenerationTimeout(GenerationFailed):
+    """The request ran past its deadline (`HIGGS_REQUEST_TIMEOUT_S`, counted for the whole request)."""
+
+
 @dataclass(frozen=True)
 class Sampling:
     temperature: float
@@ -89,6 +93,7 @@ class SpeechPlan:
     chunks: list[str]
     voice_from_first_chunk: bool
     context_chunks: int
+    deadline: float  # time.monotonic() by which the whole request must be done
     spoken: list[tuple[str, np.ndarray]] = field(default_factory=list)
     first_prompt: prompts.Prompt | None = None  # built when the plan is made, to check it fits
 
@@ -134,9 +139,12 @@ class Synthesizer:
         return self._plan(conversation, text)
 
     def plan_multi_speaker(self, text: str, scene_prompt: str | None, voices: list[str]) -> SpeechPlan:
-        needed = prompts.speaker_count(text)
+        needed, allowed = prompts.speaker_count(text), self.settings.max_speakers
         if needed == 0:
             raise InvalidRequest("text has no [SPEAKER0], [SPEAKER1], ... tags; use /generate for a single voice")
+        if needed > allowed:
+            raise InvalidRequest(f"text uses a speaker tag beyond [SPEAKER{allowed - 1}]; this server allows at most "
+                                 f"{allowed} speakers")
         if voices and len(voices) < needed:
             raise InvalidRequest(
                 f"text uses {needed} speakers (up to [SPEAKER{needed - 1}]) but reference_voices has only "
@@ -150,21 +158,30 @@ class Synthesizer:
 
     def _plan(self, conversation: Conversation, text: str, voice_from_first_chunk: bool = False) -> SpeechPlan:
         chunks = split_for_generation(text, self.settings.long_form_chunk_chars)
-        plan = SpeechPlan(conversation, chunks, voice_from_first_chunk, self.settings.long_form_context_chunks)
+        plan = SpeechPlan(conversation, chunks, voice_from_first_chunk, self.settings.long_form_context_chunks,
+                          deadline=time.monotonic() + self.settings.request_timeout_s)
         plan.first_prompt = self._prompt(plan, 0)  # it must fit before anything is queued
         return plan
 
     def _prompt(self, plan: SpeechPlan, index: int) -> prompts.Prompt:
         messages, codes = plan.messages_and_codes(index)
-        prompt = prompts.tokenize(messages, codes, self.loaded.tokenizer, self.loaded.config)
-        if prompt.num_tokens >= self.settings.max_seq_len:
-            raise InvalidRequest(f"the prompt is {prompt.num_tokens} tokens long (text and reference audio); "
-                                 f"the server's limit is {self.settings.max_seq_len}")
-        return prompt
+        try:
+            return prompts.tokenize(messages, codes, self.loaded.tokenizer, self.loaded.config,
+                                    max_tokens=self.settings.max_seq_len - 1)
+        except prompts.PromptTooLong as exc:
+            raise InvalidRequest(f"the prompt is {exc.num_tokens} tokens long (text and reference audio); "
+                                 f"the server's limit is {self.settings.max_seq_len}") from None
 
     # --- generation ---
     def submit_chunk(self, plan: SpeechPlan, index: int, sampling: Sampling) -> RequestHandle:
-        """Queues text chunk `index` (with the chunks before it as context); chunk i uses seed + i."""
+        """Queues text chunk `index` (with the chunks before it as context); chunk i uses seed + i.
+
+        Only the first chunk faces admission (`QueueFull`): the later ones continue a request already
+        admitted, so they go ahead of new arrivals. Each chunk gets the time left until the request's deadline.
+        """
+        remaining = plan.deadline - time.monotonic()
+        if remaining <= 0:
+            raise self._timed_out()
         chunk_seed = None if sampling.seed is None else sampling.seed + index
         return self.scheduler.submit(GenerationRequest(
             prompt=plan.first_prompt if index == 0 else self._prompt(plan, index),
@@ -172,8 +189,8 @@ class Synthesizer:
                                     seed=chunk_seed),
             max_new_frames=sampling.max_new_tokens,
             guard_frames=runaway_guard_frames(plan.chunks[index], self.settings.runaway_guard_multiple),
-            timeout_s=self.settings.request_timeout_s,
-        ))
+            timeout_s=remaining,
+        ), follow_up=index > 0)
 
     async def generate(self, plan: SpeechPlan, sampling: Sampling) -> Speech:
         audio, results = [], []
@@ -197,10 +214,14 @@ class Synthesizer:
     def finish_chunk(self, plan: SpeechPlan, result: GenerationResult) -> None:
         """Raises if the chunk failed; otherwise keeps its audio codes as context for the next chunks."""
         if result.finish_reason == "timeout":
-            raise GenerationFailed(f"generation did not finish within {self.settings.request_timeout_s:g} s")
+            raise self._timed_out()
         if result.finish_reason in ("error", "cancelled"):
             raise GenerationFailed(result.error or f"generation {result.finish_reason}")
         plan.spoken.append((plan.chunks[len(plan.spoken)], undo_delay_pattern(result.frames, self.codec.codebook_size)))
+
+    def _timed_out(self) -> GenerationTimeout:
+        return GenerationTimeout(f"the request did not finish within the server's limit of "
+                                 f"{self.settings.request_timeout_s:g} s")
 
 
 def _speech(samples: np.ndarray, results: list[GenerationResult], first_audio_at: float,

@@ -150,13 +150,20 @@ def _pack(pieces: list[str], max_chars: int, split_oversized: Callable[[str], li
 
 
 def _hard_split(text: str, max_chars: int) -> list[str]:
-    """Fixed-size cuts through a run with no boundary, never separating a combining mark from its base."""
+    """Fixed-size cuts through a run with no boundary, keeping combining marks with their base character.
+
+    A base followed by more marks than fit in a chunk (text built to make thousands of tiny chunks) is
+    cut in its marks instead: chunks stay `max_chars` long.
+    """
     chunks = []
     start = 0
     while len(text) - start > max_chars:
         cut = start + max_chars
-        while cut - start > 1 and unicodedata.combining(text[cut]):
-            cut -= 1
+        base = cut
+        while base > start and unicodedata.combining(text[base]):
+            base -= 1
+        if base > start:
+            cut = base
         chunks.append(text[start:cut])
         start = cut
     chunks.append(text[start:])

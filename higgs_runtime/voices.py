@@ -33,7 +33,8 @@ from higgs_runtime.audio import decode_audio, duration_seconds, encode_wav
 from higgs_runtime.config import Settings
 
 CATALOG_PATH = Path(__file__).resolve().parents[1] / "voice_prompts" / "catalog.json"
-VOICE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_VOICE_NAME_CHARS = 64
+VOICE_NAME_PATTERN = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_VOICE_NAME_CHARS}}}")
 FETCH_TIMEOUT_S = 30
 OK = "ok"
 ALREADY_PRESENT = "already present"
@@ -76,7 +77,8 @@ class InvalidVoiceName(VoiceError):
     def __init__(self, name: str):
         self.name = name
         super().__init__(
-            f"Invalid voice name {name!r}: use 1 to 64 characters, each a letter A-Z or a-z, a digit, '_' or '-'"
+            f"Invalid voice name {name[:MAX_VOICE_NAME_CHARS + 1]!r}: use 1 to {MAX_VOICE_NAME_CHARS} characters, "
+            "each a letter A-Z or a-z, a digit, '_' or '-'"
         )
 
 

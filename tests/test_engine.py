@@ -132,14 +132,14 @@ def test_a_full_cache_slot_ends_the_request(tiny_model):
     assert result.finish_reason == "length" and result.steps == 20
 
 
-def test_free_slots_plus_the_queue_are_accepted_then_refused(tiny_model):
-    engine = Scheduler(tiny_model.model, max_batch_size=2, max_queue_size=2, max_seq_len=512)  # not started
+def test_admission_counts_free_slots_and_never_refuses_a_follow_up(tiny_model):
+    engine = Scheduler(tiny_model.model, max_batch_size=1, max_queue_size=2, max_seq_len=512)  # not started
     prompt = prompts.tokenize(prompts.plain_messages("hi", None), [], tiny_model.tokenizer, tiny_model.config)
-    for _ in range(4):
+    for _ in range(1 + 2):  # the free slot, then the queue
         engine.submit(request(prompt))
     with pytest.raises(QueueFull, match="busy"):
         engine.submit(request(prompt))
-    engine.submit(request(prompt), follow_up=True)  # an admitted request's next chunk is never refused
+    assert not engine.submit(request(prompt), follow_up=True).done
 
 
 def wait_for(condition, timeout=10.0):

@@ -17,6 +17,7 @@ import soundfile as sf
 
 from audio_checks import parse_wav as parse_any_wav
 from paths import VOICE_PROMPTS_DIR
+from server_checks import metric_value
 
 FAST = {"seed": 5, "max_new_tokens": 60, "temperature": 0.8}
 LONG_SCRIPT = " ".join(
@@ -209,12 +210,6 @@ def test_presets_cannot_be_deleted(base_url):
 
 
 # --- operations ------------------------------------------------------------------------------------
-
-def metric_value(text: str, name: str) -> float:
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line.startswith(name) and not line.startswith("#")]
-    return sum(values)
-
 
 def test_metrics_are_exposed_and_move(base_url, client):
     before = requests.get(base_url + "/metrics", timeout=10).text

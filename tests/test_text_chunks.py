@@ -185,6 +185,14 @@ def test_a_hard_split_keeps_combining_marks_with_their_letter():
     assert not any(unicodedata.combining(chunk[0]) for chunk in chunks)
 
 
+@pytest.mark.parametrize("text", ["a" + "\u0301" * 5000, ("e" + "\u0301" * 400 + " ") * 12])
+def test_runs_of_combining_marks_do_not_make_tiny_chunks(text):
+    """Thousands of marks on one letter are cut inside the marks, so chunks stay full size."""
+    chunks = split_text(text, 300)
+    assert_valid_chunks(text, chunks, 300)
+    assert len(chunks) <= 2 * len(text) // 300 + 1, len(chunks)
+
+
 DIALOGUE = ("[SPEAKER0] Hi! How are you today?\n[SPEAKER1] I'm well, thanks for asking!\n"
             "[SPEAKER0] Great. Shall we go?\n[SPEAKER1] Sure.")
 
