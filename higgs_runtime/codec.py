@@ -7,7 +7,6 @@ import threading
 import numpy as np
 import torch
 
-from .engine.delay_pattern import undo_delay_pattern
 
 
 class Codec:
@@ -37,6 +36,18 @@ class Codec:
             audio = self.model.decode(tensor).audio_values
         return audio[0, 0].float().cpu().numpy()
 
-    def decode_frames(self, frames: np.ndarray) -> np.ndarray:
-        """Generated (delay-patterned) frames -> 24 kHz mono float32."""
-        return self.decode(undo_delay_pattern(frames, self.codebook_size))
+    @torch.inference_mode()
+    def decode_batch(self, clips: list[np.ndarray]) -> list[np.ndarray]:
+        """Several code clips (codebooks, frames_i) in one call: padded on the right with each clip's
+        last frame, decoded together, each cut back to its own length. The samples near a padded
+        end differ from a lone decode's, so callers pad only clips whose tail they discard. Clips
+        must not be empty."""
+        longest = max(clip.shape[1] for clip in clips)
+        padded = np.stack([np.pad(clip, ((0, 0), (0, longest - clip.shape[1])), mode="edge") for clip in clips])
+        tensor = torch.from_numpy(padded)
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory()
+        with self._lock:
+            audio = self.model.decode(tensor.to(self.device, non_blocking=True)).audio_values[:, 0].float()
+        audio = audio.cpu().numpy()
+        return [audio[index, :clip.shape[1] * self.samples_per_frame] for index, clip in enumerate(clips)]

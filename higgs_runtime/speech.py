@@ -10,7 +10,6 @@ raises `InvalidRequest` with a message a user can act on.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,13 +20,14 @@ import numpy as np
 from . import prompts
 from .audio import SAMPLE_RATE
 from .codec import Codec
+from .codec_batching import CodecDecodeBatcher
 from .config import Settings
 from .engine.delay_pattern import undo_delay_pattern
 from .engine.requests import GenerationRequest, GenerationResult, RequestHandle
 from .engine.sampling import RepetitionAware, SamplingParams
 from .engine.scheduler import Scheduler
 from .loading import LoadedModel
-from .streaming import StreamingDecoder
+from .streaming import DecodeWindow, StreamingDecoder
 from .text_chunks import split_for_generation
 from .voices import VoiceStore
 
@@ -113,6 +113,7 @@ class Synthesizer:
         self.voices = voices
         self.settings = settings
         self.codec = Codec(loaded.codec, loaded.device)
+        self.audio_decoder = CodecDecodeBatcher(self.codec)
         self.scheduler = Scheduler(loaded.model, settings.max_batch_size, settings.max_queue_size,
                                    settings.max_seq_len, settings.kv_budget_tokens,
                                    RepetitionAware(settings.ras_window, settings.ras_max_repeat),
@@ -122,6 +123,7 @@ class Synthesizer:
 
     def close(self) -> None:
         self.scheduler.stop()
+        self.audio_decoder.close()
 
     # --- plans per mode ---
     def plan_plain(self, text: str, scene_prompt: str | None) -> SpeechPlan:
@@ -201,7 +203,7 @@ class Synthesizer:
             finally:
                 handle.cancel()  # no-op once finished; frees the slot if the client went away
             self.finish_chunk(plan, result)
-            audio.append(await asyncio.to_thread(self.codec.decode_frames, result.frames))
+            audio.append(await self.audio_decoder.decode(plan.spoken[-1][1], exact=True))
             results.append(result)
         samples = np.concatenate(audio)
         return _speech(samples, results, time.monotonic(), len(samples) / SAMPLE_RATE)
@@ -252,17 +254,20 @@ class SpeechStream:
             try:
                 async for frame in handle.frames(wanted=decoder.frames_until_chunk):
                     if decoder.push(frame):
-                        yield self._sent(await asyncio.to_thread(decoder.take))
+                        yield self._sent(await self._decoded(decoder.next_window()))
                 result = handle.result(timeout=0)
                 synthesizer.finish_chunk(self._plan, result)
-                tail = await asyncio.to_thread(decoder.finish)
-                if len(tail):
-                    yield self._sent(tail)
+                tail = decoder.next_window(final=True)
+                if tail is not None:
+                    yield self._sent(await self._decoded(tail))
             finally:
                 handle.cancel()
             results.append(result)
         self.speech = _speech(np.zeros(0, dtype=np.float32), results, self.first_audio_at or time.monotonic(),
                               self.samples_sent / SAMPLE_RATE)
+
+    async def _decoded(self, window: DecodeWindow) -> np.ndarray:
+        return window.keep(await self._synthesizer.audio_decoder.decode(window.codes, exact=window.final))
 
     def _sent(self, chunk: np.ndarray) -> np.ndarray:
         if self.first_audio_at is None:

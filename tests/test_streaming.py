@@ -67,3 +67,38 @@ def test_first_chunk_comes_early_and_is_short(synthesizer):
 def test_decoder_with_no_frames_yields_nothing(tiny_model):
     decoder = StreamingDecoder(tiny_model.codec_wrapper, 8)
     assert len(decoder.finish()) == 0
+
+
+def test_concurrent_streams_are_decoded_in_shared_batches_and_equal_their_one_shot_audio(synthesizer):
+    text = "Several listeners at once, one codec call per round."
+    samplings = [Sampling(temperature=0.9, top_p=0.95, top_k=50, max_new_tokens=120, seed=seed) for seed in range(6)]
+    one_shots = [asyncio.run(synthesizer.generate(synthesizer.plan_plain(text, None), s)).samples for s in samplings]
+    decoder = synthesizer.audio_decoder
+    rounds, clips = decoder.rounds, decoder.clips
+
+    async def all_streams():
+        return await asyncio.gather(*(collect(synthesizer.stream(synthesizer.plan_plain(text, None), s))
+                                      for s in samplings))
+
+    results = asyncio.run(all_streams())
+    assert decoder.clips - clips >= 6 * 3
+    assert decoder.rounds - rounds < decoder.clips - clips  # some rounds decoded several streams' chunks
+    for (chunks, _, _), one_shot in zip(results, one_shots):
+        streamed = np.concatenate(chunks)
+        assert len(streamed) == len(one_shot)
+        assert np.abs(streamed - one_shot).max() <= TOLERANCE * np.abs(one_shot).max()
+
+
+def test_a_padded_batch_keeps_each_windows_samples(tiny_model):
+    """Windows of different lengths decoded together equal lone decodes where the streaming decoder
+    keeps samples (all but the lookahead at the end)."""
+    codec = tiny_model.codec_wrapper
+    rng = np.random.default_rng(0)
+    clips = [rng.integers(0, 1024, (8, length)) for length in (22, 37, 14)]
+    batched = codec.decode_batch(clips)
+    lookahead = StreamingConfig().lookahead_frames * 960
+    for clip, audio in zip(clips, batched):
+        alone = codec.decode(clip)
+        assert len(audio) == len(alone)
+        kept = slice(0, len(alone) - lookahead)
+        assert np.abs(audio[kept] - alone[kept]).max() <= TOLERANCE * np.abs(alone).max()
