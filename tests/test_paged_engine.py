@@ -37,7 +37,7 @@ def test_attention_equals_dense_attention_over_each_live_prefix(dtype, tolerance
     for pool in cache.keys + cache.values:
         pool.copy_(torch.randn(pool.shape, generator=generator))  # stale data everywhere, scratch block included
     for slot, prefix in enumerate(prefixes):
-        assert cache.reserve(slot, prefix + 1, shared=[])
+        assert cache.reserve(slot, prefix + 1)
         cache.ensure(slot, prefix + 1)
     slots = list(range(len(prefixes))) + [cache.scratch_slot] * 2  # two padding rows
     lengths = [prefix + 1 for prefix in prefixes] + [1, 1]
@@ -233,13 +233,28 @@ def test_idle_prefixes_are_bounded_and_evicted_least_recently_used():
     cache = PagedKVCache(config, num_slots=1, max_len=256, budget_tokens=6 * BLOCK_SIZE, device=torch.device("cpu"),
                          dtype=torch.float32, prefix_cache_tokens=3 * BLOCK_SIZE)
     for voice in (b"a", b"b"):
-        assert cache.reserve(0, 200, cache.prefixes.match([voice + b"0", voice + b"1"]))
+        assert cache.reserve(0, 200)
+        cache.share(0, cache.prefixes.match([voice + b"0", voice + b"1"]))
         cache.ensure(0, 200)
         cache.remember_prefix(0, [voice + b"0", voice + b"1"])
         cache.release(0)
     assert cache.prefixes.idle_blocks == 3  # the bound: the tail of the oldest prefix went first
     assert len(cache.prefixes.match([b"a0", b"a1"])) == 1 and len(cache.prefixes.match([b"b0", b"b1"])) == 2
     assert cache.blocks_available == cache.num_blocks  # idle prefixes never stand in the way
-    assert cache.reserve(0, 256, [])
+    assert cache.reserve(0, 256)
     cache.ensure(0, 256)  # takes every free block, then the oldest idle ones
     assert cache.prefixes.idle_blocks < 3
+
+
+def test_requests_for_one_voice_arriving_together_share_its_prefix(tiny_model, reference_clips):
+    prompt = clone_prompt(tiny_model, reference_clips, seconds=8)
+    engine = Scheduler(tiny_model.model, max_batch_size=4, max_queue_size=4, max_seq_len=1024)
+    engine.start()
+    try:
+        handles = [engine.submit(request(prompt, 20, seed=seed)) for seed in range(4)]
+        results = [handle.result(60) for handle in handles]
+        reused = engine.load.prefix_hit_blocks
+    finally:
+        engine.stop()
+    assert [r.steps for r in results] == [20] * 4
+    assert reused == 3 * ((prompt.num_tokens - 1) // 128) * 2  # the three later ones each

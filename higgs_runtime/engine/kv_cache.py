@@ -79,19 +79,23 @@ class PagedKVCache:
     def blocks_available(self) -> int:
         return len(self._free) + self.prefixes.idle_blocks - sum(self._reserved.values())
 
-    def reserve(self, slot: int, tokens: int, shared: list[int]) -> bool:
-        """Gives `slot` the cached blocks `shared` (its prompt's first blocks) and promises it enough
-        blocks for `tokens` positions in all, if the pool can."""
-        needed = blocks_for(min(tokens, self.max_len)) - len(shared)
-        idle_shared = sum(1 for block in shared if not self._users.get(block))
-        if needed > self.blocks_available - idle_shared:
+    def reserve(self, slot: int, tokens: int) -> bool:
+        """Promises `slot` enough blocks for `tokens` positions, if the pool can."""
+        needed = blocks_for(min(tokens, self.max_len))
+        if needed > self.blocks_available:
             return False
-        for block in shared:
+        self._owned[slot], self._reserved[slot] = [], needed
+        return True
+
+    def share(self, slot: int, cached: list[int]) -> None:
+        """Starts the slot (which holds no block yet) with cached blocks of its prompt's prefix, in
+        place of as many blocks of its reservation."""
+        for block in cached:
             self.prefixes.take(block)
             self._users[block] = self._users.get(block, 0) + 1
-        self.block_table[slot, :len(shared)] = torch.tensor(shared, dtype=torch.long)
-        self._owned[slot], self._reserved[slot] = list(shared), needed
-        return True
+        self.block_table[slot, :len(cached)] = torch.tensor(cached, dtype=torch.long)
+        self._owned[slot] = list(cached)
+        self._reserved[slot] -= len(cached)
 
     def ensure(self, slot: int, tokens: int) -> bool:
         """Gives `slot` blocks (from its reservation) until it can hold `tokens` positions; says

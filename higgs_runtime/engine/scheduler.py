@@ -49,6 +49,7 @@ class _Running:
     handle: RequestHandle
     slot: int
     cached_tokens: int  # positions in the KV cache
+    prefix_looked_up: bool = False
     audio_ending: bool = False  # a codebook has emitted stream-end
 
 
@@ -166,19 +167,23 @@ class Scheduler:
                     handle.finish("cancelled" if handle.cancelled else "timeout")
                     continue
                 request = handle.request
-                shared = cache.prefixes.match(handle.prefix_names[:self._reusable_blocks(request.prompt.num_tokens)])
-                shared = shared[:len(shared) - len(shared) % (self.prefill_chunk_tokens // BLOCK_SIZE)]
                 slot = self._free_slots[-1]
-                if not cache.reserve(slot, request.prompt.num_tokens + request.max_new_frames, shared):
+                if not cache.reserve(slot, request.prompt.num_tokens + request.max_new_frames):
                     return
                 self._waiting.popleft()
                 self._free_slots.pop()
-            self._prefilling.append(_Running(handle, slot, cached_tokens=len(shared) * BLOCK_SIZE))
+            self._prefilling.append(_Running(handle, slot, cached_tokens=0))
 
-    def _reusable_blocks(self, prompt_tokens: int) -> int:
-        """Cached blocks a prompt may start with: whole chunks, short of its last position (whose logits
-        give the first frame)."""
-        return (prompt_tokens - 1) // self.prefill_chunk_tokens * (self.prefill_chunk_tokens // BLOCK_SIZE)
+    def _start_from_cached_prefix(self, running: _Running) -> None:
+        """Looked up when the request's prefill begins, so it finds what requests ahead of it (the same
+        voice arriving together) have just computed. Reused: whole chunks, short of the prompt's last
+        position (whose logits give the first frame)."""
+        names, chunk_blocks = running.handle.prefix_names, self.prefill_chunk_tokens // BLOCK_SIZE
+        reusable = (running.handle.request.prompt.num_tokens - 1) // self.prefill_chunk_tokens * chunk_blocks
+        cached = self.batched.cache.prefixes.match(names[:reusable])
+        cached = cached[:len(cached) - len(cached) % chunk_blocks]
+        self.batched.cache.share(running.slot, cached)
+        running.cached_tokens = len(cached) * BLOCK_SIZE
 
     def _prefill_chunks(self) -> None:
         """Prefills whole chunks, oldest admission first, until about `prefill_chunk_tokens` tokens were
@@ -191,6 +196,9 @@ class Scheduler:
             if handle.cancelled or handle.expired:
                 self._finish(running, "cancelled" if handle.cancelled else "timeout")
                 continue
+            if not running.prefix_looked_up:
+                self._start_from_cached_prefix(running)
+                running.prefix_looked_up = True
             start = running.cached_tokens
             end = min(prompt.num_tokens, start + self.prefill_chunk_tokens)
             if end - start > budget:
