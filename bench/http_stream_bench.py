@@ -11,44 +11,15 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import os
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import requests
 
-REPO = Path(__file__).resolve().parents[1]
+from server_process import BenchServer
+
 TEXT = ("A streaming benchmark reads this paragraph aloud, one sentence after another, so that the audio "
         "keeps flowing while the rest is still being generated. ") * 3
-
-
-def start_server() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    work = Path(tempfile.mkdtemp(prefix="higgs-stream-bench-"))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HIGGS_CACHE_DIR=str(Path(tempfile.gettempdir()) / "higgs-bench-cache"),
-               HIGGS_DATA_DIR=str(work / "data"), BENTOML_HOME=str(work / "bentoml"), HIGGS_MAX_BATCH_SIZE="16",
-               HIGGS_VOICE_SOURCE=str(REPO.parent / "shared" / "voice_prompts"))
-    process = subprocess.Popen([sys.executable, str(REPO / "main.py"), "--host", "127.0.0.1", "--port", str(port),
-                                "--model-path", "tiny-random", "--audio-tokenizer-path", "tiny-random", "--device", "cpu"],
-                               env=env, stdout=open(work / "server.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url + "/health", timeout=2).json()["status"] == "healthy":
-                return process, url
-        except (requests.ConnectionError, requests.Timeout, ValueError):
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise SystemExit("server did not start")
 
 
 def one_stream(url: str, voice: str | None, seed: int, frames: int) -> tuple[float, float, float, int]:
@@ -75,7 +46,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=150, help="max_new_tokens per text chunk")
     parser.add_argument("--concurrency", type=int, action="append")
     args = parser.parse_args()
-    process, url = (None, args.url) if args.url else start_server()
+    server = None if args.url else BenchServer("tiny-random", {"HIGGS_MAX_BATCH_SIZE": "16"})
+    url = args.url or server.url
     try:
         one_stream(url, args.voice, 0, 20)  # warm-up
         print(f"server {url} | {len(TEXT)} characters per request | max_new_tokens {args.frames} per text chunk\n")
@@ -91,9 +63,8 @@ def main() -> None:
                   f"{statistics.median(f / t for f, t in zip(first, total)):.0%} | "
                   f"{statistics.median(size) / 2 / 24000:.1f} |")
     finally:
-        if process:
-            process.terminate()
-            process.wait(timeout=30)
+        if server:
+            server.stop()
 
 
 if __name__ == "__main__":

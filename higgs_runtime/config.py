@@ -71,7 +71,7 @@ class Settings:
     # Prompts are prefilled in chunks of this many tokens (a multiple of 64), about one chunk's worth
     # between two decoding steps: arrivals never stall running streams longer.
     prefill_chunk_tokens: int = 128
-    # Idle cached prompt prefixes (voices) kept at most, in tokens (-1: half the KV budget).
+    # Idle cached prompt prefixes (voices) kept at most, in tokens (-1: half the KV budget; 0: no prefix cache).
     prefix_cache_tokens: int = -1
     ras_window: int = 7
     ras_max_repeat: int = 2

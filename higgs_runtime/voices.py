@@ -205,6 +205,7 @@ class VoiceStore:
         self._uploads_dir = uploads_dir
         self._lock = threading.Lock()
         self._codes: dict[tuple[str, str], np.ndarray] = {}
+        self._encoding: dict[tuple[str, str], threading.Lock] = {}  # one encode per voice at a time
         uploads_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale_temp_dirs(uploads_dir)
         self._presets = self._installed_presets()
@@ -272,6 +273,7 @@ class VoiceStore:
             except FileNotFoundError:  # deleted meanwhile by another worker
                 raise VoiceNotFound(name, []) from None
             self._codes = {key: codes for key, codes in self._codes.items() if key[0] != name}
+            self._encoding = {key: lock for key, lock in self._encoding.items() if key[0] != name}
         shutil.rmtree(graveyard, ignore_errors=True)
 
     def cached_codes(self, name: str, codec_id: str, encode: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
@@ -282,18 +284,21 @@ class VoiceStore:
         voice = self.get(name)
         key = (name, codec_id)
         with self._lock:
-            codes = self._codes.get(key)
-        if codes is not None:
-            return codes
-        path = self._codes_path(voice, codec_id)
-        codes = _load_npy(path)
-        if codes is None:
-            codes = np.asarray(encode(self.load_audio(name)))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(path, _npy_bytes(codes))
-        codes.flags.writeable = False
-        with self._lock:
-            return self._codes.setdefault(key, codes)
+            encoding = self._encoding.setdefault(key, threading.Lock())
+        with encoding:  # requests arriving together for a new voice wait for one encode
+            with self._lock:
+                codes = self._codes.get(key)
+            if codes is not None:
+                return codes
+            path = self._codes_path(voice, codec_id)
+            codes = _load_npy(path)
+            if codes is None:
+                codes = np.asarray(encode(self.load_audio(name)))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _write_atomic(path, _npy_bytes(codes))
+            codes.flags.writeable = False
+            with self._lock:
+                return self._codes.setdefault(key, codes)
 
     def _installed_presets(self) -> dict[str, Voice]:
         presets = {}

@@ -1,3 +1,4 @@
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -263,6 +264,21 @@ def test_cached_codes(dirs, name):
     other = store.cached_codes(name, "tokenizer-b/v2", encode)
     assert encode.calls == 2
     assert not np.array_equal(first, other)
+
+
+def test_requests_arriving_together_for_a_new_voice_encode_it_once(dirs):
+    store = new_store(dirs)
+    store.add_upload("uploaded", tone(), None, None)
+    encode = CountingEncoder()
+
+    def slow_encode(audio):
+        time.sleep(0.2)
+        return encode(audio)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: store.cached_codes("uploaded", "tok", slow_encode), range(4)))
+    assert encode.calls == 1
+    assert all(result is results[0] for result in results)
 
 
 def test_codes_are_stored_beside_the_voice(dirs):

@@ -36,10 +36,12 @@ def block_hashes(input_ids: list[int], audio_frames: np.ndarray, audio_token_ids
 
 
 class PrefixIndex:
-    """Names of cached blocks, and which cached blocks no request uses (evictable, oldest first)."""
+    """Names of cached blocks, and which cached blocks no request uses (evictable, oldest first).
+    A bound of 0 idle blocks turns prefix caching off."""
 
     def __init__(self, max_idle_blocks: int):
         self.max_idle_blocks = max_idle_blocks
+        self.enabled = max_idle_blocks > 0
         self._block_of: dict[bytes, int] = {}
         self._name_of: dict[int, bytes] = {}
         self._idle: collections.OrderedDict[int, None] = collections.OrderedDict()
@@ -56,7 +58,7 @@ class PrefixIndex:
     def match(self, names: list[bytes]) -> list[int]:
         """The cached blocks for the longest run of leading `names`."""
         blocks = []
-        for name in names:
+        for name in names if self.enabled else ():
             block = self._block_of.get(name)
             if block is None:
                 break
@@ -64,7 +66,7 @@ class PrefixIndex:
         return blocks
 
     def add(self, name: bytes, block: int) -> None:
-        if name not in self._block_of and block not in self._name_of:
+        if self.enabled and name not in self._block_of and block not in self._name_of:
             self._block_of[name], self._name_of[block] = block, name
 
     def is_cached(self, block: int) -> bool:

@@ -1,0 +1,163 @@
+"""Arrivals against running streams, over HTTP: does a burst of voice-clone requests stall the
+listeners, how soon do the arrivals hear audio, and what does batched codec decoding save.
+
+    python bench/burst_bench.py            # small-random on this CPU, default settings
+    python bench/burst_bench.py --preset tiny-random
+
+For each server configuration ("after": the defaults, chunked prefill and the prefix cache; "before":
+whole prompts prefilled at once, no prefix cache), in the same run:
+1. a plain request alone, then a named-voice clone request alone twice (first and repeated use of a
+   30 s reference voice) and a one-off `ref_audio` clone: time to first audio;
+2. 4 streams running (`/v1/audio/speech`, pcm), then 8 named-voice clone requests at once: the
+   running streams' largest gap between audio chunks during the burst, the arrivals' first audio,
+   and aggregate audio-seconds per second.
+Then, in this process, the codec: 16 streams' decode windows one at a time against one batched call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import concurrent.futures
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from server_process import VOICES, BenchServer  # noqa: E402
+
+from higgs_runtime.audio import decode_audio  # noqa: E402
+
+REFERENCE_SECONDS = 30.0
+RUNNING_TEXT = ("A listener keeps hearing this long paragraph while other requests arrive, and the audio must "
+                "keep flowing without a stall. ") * 2
+ARRIVAL_TEXT = "A new voice joins the conversation."
+CHUNK_SECONDS = 1.0  # audio in one streamed chunk after the first (HIGGS_STREAM_CHUNK_FRAMES = 25)
+
+
+def reference_wav() -> tuple[bytes, str]:
+    clips = [decode_audio(path.read_bytes(), min_seconds=0, max_seconds=60) for path in sorted(VOICES.glob("*.wav"))]
+    buffer = io.BytesIO()
+    sf.write(buffer, np.concatenate(clips)[: int(REFERENCE_SECONDS * 24000)], 24000, format="WAV", subtype="PCM_16")
+    transcript = " ".join(path.read_text().strip() for path in sorted(VOICES.glob("*.txt")))
+    return buffer.getvalue(), transcript[:1000]
+
+
+def stream(url: str, text: str, frames: int, seed: int, **voice) -> dict:
+    """One /v1/audio/speech pcm stream: first audio, chunk times, audio seconds."""
+    body = {"model": "tts-1", "input": text, "response_format": "pcm", "seed": seed, "max_new_tokens": frames,
+            "temperature": 0.7, **voice}
+    started = time.perf_counter()
+    times, size = [], 0
+    with requests.post(url + "/v1/audio/speech", json=body, stream=True, timeout=900) as response:
+        response.raise_for_status()
+        for chunk in response.iter_content(chunk_size=None):
+            if chunk:
+                times.append(time.perf_counter())
+                size += len(chunk)
+    return {"first": times[0] - started, "times": times, "seconds": size / 2 / 24000, "started": started}
+
+
+def measure(preset: str, label: str, env: dict[str, str], frames: int) -> dict:
+    server = BenchServer(preset, env)
+    try:
+        wav, transcript = reference_wav()
+        upload = requests.post(server.url + "/upload-voice", files={"file": ("burst.wav", wav)},
+                               data={"name": "burst", "transcript": transcript}, timeout=120)
+        upload.raise_for_status()
+        ref = {"ref_audio": base64.b64encode(wav).decode(), "ref_text": transcript}
+        stream(server.url, "Warm up.", 10, 0)
+        alone = {
+            "plain": stream(server.url, ARRIVAL_TEXT, 30, 1)["first"],
+            "named voice, first use": stream(server.url, ARRIVAL_TEXT, 30, 2, voice="burst")["first"],
+            "named voice, repeated": stream(server.url, ARRIVAL_TEXT, 30, 3, voice="burst")["first"],
+            "one-off ref_audio": stream(server.url, ARRIVAL_TEXT, 30, 4, **ref)["first"],
+        }
+        # The burst voice must be cold again: a second voice, same length, never used before.
+        upload = requests.post(server.url + "/upload-voice", files={"file": ("burst2.wav", wav[:44] + wav[44:][::-1])},
+                               data={"name": "burst2", "transcript": transcript}, timeout=120)
+        upload.raise_for_status()
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            running = [pool.submit(stream, server.url, RUNNING_TEXT, frames, 10 + i) for i in range(4)]
+            time.sleep(0.5)
+            while not all(r.running() for r in running):
+                time.sleep(0.05)
+            time.sleep(2.0)  # the streams are playing
+            burst_started = time.perf_counter()
+            arrivals = [pool.submit(stream, server.url, ARRIVAL_TEXT, 30, 20 + i, voice="burst2") for i in range(8)]
+            arrived = [a.result() for a in arrivals]
+            burst_ended = max(a["started"] + a["first"] for a in arrived)
+            listeners = [r.result() for r in running]
+        gaps = [b - a for listener in listeners for a, b in zip(listener["times"], listener["times"][1:])
+                if b >= burst_started and a <= burst_ended]
+        audio = sum(x["seconds"] for x in arrived + listeners)
+        wall = max(x["times"][-1] for x in arrived + listeners) - min(x["started"] for x in listeners)
+        return {"label": label, "alone": alone, "largest gap": max(gaps, default=0.0),
+                "arrival first p50": statistics.median(a["first"] for a in arrived),
+                "arrival first max": max(a["first"] for a in arrived), "audio_s_per_s": audio / wall}
+    finally:
+        server.stop()
+
+
+def codec_rounds(preset: str, streams: int = 16, window_frames: int = 37, rounds: int = 10) -> tuple[float, float]:
+    """Seconds of codec time per audio-second: one window at a time, and all in one batched call."""
+    import torch
+    from transformers import HiggsAudioV2TokenizerModel
+
+    from higgs_runtime.codec import Codec
+    from higgs_runtime.tiny_random import ensure_preset
+
+    paths = ensure_preset(Path(tempfile.gettempdir()) / "higgs-bench-cache", preset)
+    codec = Codec(HiggsAudioV2TokenizerModel.from_pretrained(paths.audio_tokenizer).eval(), torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    windows = [rng.integers(0, 1024, (8, window_frames)) for _ in range(streams)]
+    kept_seconds = streams * 25 / 25  # each window yields one 25-frame chunk
+    codec.decode_batch(windows)
+    started = time.perf_counter()
+    for _ in range(rounds):
+        for window in windows:
+            codec.decode(window)
+    one_by_one = (time.perf_counter() - started) / rounds / kept_seconds
+    started = time.perf_counter()
+    for _ in range(rounds):
+        codec.decode_batch(windows)
+    batched = (time.perf_counter() - started) / rounds / kept_seconds
+    return one_by_one, batched
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small-random", choices=["tiny-random", "small-random"])
+    parser.add_argument("--frames", type=int, default=250, help="max_new_tokens of the running streams")
+    args = parser.parse_args()
+    configs = [("after (defaults)", {}),
+               ("before (whole-prompt prefill, no prefix cache)",
+                {"HIGGS_PREFILL_CHUNK_TOKENS": "4096", "HIGGS_PREFIX_CACHE_TOKENS": "0"})]
+    results = [measure(args.preset, label, env, args.frames) for label, env in configs]
+    print(f"preset {args.preset} | CPU | {REFERENCE_SECONDS:.0f} s reference voice | a streamed chunk carries "
+          f"{CHUNK_SECONDS:.0f} s of audio\n")
+    print("| configuration | plain, first audio (s) | named voice first use (s) | named voice repeated (s) "
+          "| one-off ref_audio (s) | burst: running streams' largest gap (s) | burst: arrivals' first audio "
+          "p50 / max (s) | audio-s per s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        a = r["alone"]
+        print(f"| {r['label']} | {a['plain']:.2f} | {a['named voice, first use']:.2f} | {a['named voice, repeated']:.2f} "
+              f"| {a['one-off ref_audio']:.2f} | {r['largest gap']:.2f} | {r['arrival first p50']:.2f} / "
+              f"{r['arrival first max']:.2f} | {r['audio_s_per_s']:.2f} |")
+    after = results[0]["alone"]
+    print(f"\n- repeated named-voice clone / plain, first audio: {after['named voice, repeated'] / after['plain']:.2f}x")
+    one_by_one, batched = codec_rounds(args.preset)
+    print(f"- codec, 16 streams: {one_by_one * 1000:.1f} ms per audio-second one window at a time, "
+          f"{batched * 1000:.1f} ms batched: {one_by_one / batched:.1f}x less")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""A real server process for the HTTP benchmarks: started through main.py on a free loopback port,
+offline, with its own data directory and BentoML home."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+VOICES = REPO.parent / "shared" / "voice_prompts"
+
+
+class BenchServer:
+    def __init__(self, preset: str, extra_env: dict[str, str] | None = None):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        work = Path(tempfile.mkdtemp(prefix="higgs-bench-server-"))
+        env = dict(os.environ, HF_HUB_OFFLINE="1", HIGGS_CACHE_DIR=str(Path(tempfile.gettempdir()) / "higgs-bench-cache"),
+                   HIGGS_DATA_DIR=str(work / "data"), BENTOML_HOME=str(work / "bentoml"),
+                   HIGGS_VOICE_SOURCE=str(VOICES), **(extra_env or {}))
+        self.log_path = work / "server.log"
+        self.process = subprocess.Popen(
+            [sys.executable, str(REPO / "main.py"), "--host", "127.0.0.1", "--port", str(port),
+             "--model-path", preset, "--audio-tokenizer-path", preset, "--device", "cpu"],
+            env=env, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/health", timeout=2).json()["status"] == "healthy":
+                    return
+            except (requests.ConnectionError, requests.Timeout, ValueError):
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise SystemExit(f"server did not start; see {self.log_path}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
