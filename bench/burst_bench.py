@@ -31,7 +31,7 @@ import requests
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from server_process import VOICES, BenchServer  # noqa: E402
+from server_process import VOICES, BenchServer, stream_pcm  # noqa: E402
 
 from higgs_runtime.audio import decode_audio  # noqa: E402
 
@@ -52,16 +52,8 @@ def reference_wav() -> tuple[bytes, str]:
 
 def stream(url: str, text: str, frames: int, seed: int, **voice) -> dict:
     """One /v1/audio/speech pcm stream: first audio, chunk times, audio seconds."""
-    body = {"model": "tts-1", "input": text, "response_format": "pcm", "seed": seed, "max_new_tokens": frames,
-            "temperature": 0.7, **voice}
-    started = time.perf_counter()
-    times, size = [], 0
-    with requests.post(url + "/v1/audio/speech", json=body, stream=True, timeout=900) as response:
-        response.raise_for_status()
-        for chunk in response.iter_content(chunk_size=None):
-            if chunk:
-                times.append(time.perf_counter())
-                size += len(chunk)
+    started, times, size = stream_pcm(url, {"model": "tts-1", "input": text, "seed": seed,
+                                            "max_new_tokens": frames, "temperature": 0.7, **voice})
     return {"first": times[0] - started, "times": times, "seconds": size / 2 / 24000, "started": started}
 
 

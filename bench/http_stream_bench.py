@@ -14,9 +14,7 @@ import concurrent.futures
 import statistics
 import time
 
-import requests
-
-from server_process import BenchServer
+from server_process import BenchServer, stream_pcm
 
 TEXT = ("A streaming benchmark reads this paragraph aloud, one sentence after another, so that the audio "
         "keeps flowing while the rest is still being generated. ") * 3
@@ -24,19 +22,11 @@ TEXT = ("A streaming benchmark reads this paragraph aloud, one sentence after an
 
 def one_stream(url: str, voice: str | None, seed: int, frames: int) -> tuple[float, float, float, int]:
     """(first byte s, largest gap between chunks s, total s, bytes)."""
-    body = {"model": "tts-1", "input": TEXT, "voice": voice, "response_format": "pcm", "seed": seed,
-            "max_new_tokens": frames}
-    started = time.perf_counter()
-    arrivals, size = [], 0
-    with requests.post(url + "/v1/audio/speech", json=body, stream=True, timeout=600) as response:
-        response.raise_for_status()
-        for chunk in response.iter_content(chunk_size=None):
-            if chunk:
-                arrivals.append(time.perf_counter() - started)
-                size += len(chunk)
+    started, arrivals, size = stream_pcm(url, {"model": "tts-1", "input": TEXT, "voice": voice, "seed": seed,
+                                               "max_new_tokens": frames})
     total = time.perf_counter() - started
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])] or [0.0]
-    return arrivals[0], max(gaps), total, size
+    return arrivals[0] - started, max(gaps), total, size
 
 
 def main() -> None:
