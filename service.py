@@ -282,7 +282,7 @@ class HiggsAudio:
             reference_text = optional_text("ref_text", body.ref_text, settings.max_transcript_chars)
             voice_description = _voice_description(body.voice_description)
             if sum(choice is not None for choice in (voice, reference_audio, voice_description)) > 1:
-                raise ApiError(400, "give at most one of voice, ref_audio and voice_description")
+                raise ApiError(400, "give at most one voice: either voice or ref_audio (a clip), or voice_description (words)")
             if voice is None and reference_audio is None:
                 plan = await _in_thread(synthesizer.plan_plain, text, scene_prompt, voice_description,
                                         body.normalize_text)

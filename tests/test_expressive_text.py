@@ -158,7 +158,7 @@ def test_openai_route_tags_descriptions_and_opt_out(base_url, tiny_model, fields
 
 
 @pytest.mark.parametrize("fields,words", [
-    ({"voice": "belinda", "voice_description": "calm"}, "at most one of voice, ref_audio and voice_description"),
+    ({"voice": "belinda", "voice_description": "calm"}, "either voice or ref_audio (a clip), or voice_description"),
     ({"voice_description": "v" * 501}, "voice_description is 501 characters long"),
 ])
 def test_openai_voice_description_errors(base_url, fields, words):
