@@ -23,11 +23,11 @@ from higgs_runtime.engine.requests import QueueFull, RequestTooLarge
 from higgs_runtime.http_middleware import (ApiKeyAuth, BodySizeLimit, CancelOnDisconnect, ClientErrorLogFilter,
                                            ErrorContract, RequestBodyTooLarge, RequestId, RequestIdLogFilter)
 from higgs_runtime.http_streams import audio_bytes, sse_events
-from higgs_runtime.inputs import optional_text, present, required_text, voice_name, voice_names
+from higgs_runtime.inputs import optional_text, present, required_text, speaker_voices, voice_name
 from higgs_runtime.loading import BackgroundLoader, resolve_device
-from higgs_runtime.schemas import (OPENAI_MODEL_NAMES, GenerateResponse, Health, MaxNewTokens, ResponseFormat,
-                                   ScenePrompt, Seed, SpeechRequest, Temperature, Text, TopK, TopP, Usage, VoiceInfo,
-                                   VoiceSummary)
+from higgs_runtime.schemas import (OPENAI_MODEL_NAMES, GenerateResponse, Health, MaxNewTokens, NormalizeText,
+                                   ReferenceVoices, ResponseFormat, ScenePrompt, Seed, SpeechRequest, Temperature, Text,
+                                   TopK, TopP, Usage, VoiceDescriptionText, VoiceInfo, VoiceSummary)
 from higgs_runtime.speech import (GenerationFailed, GenerationTimeout, InvalidRequest, Sampling, Speech, SpeechPlan,
                                   Synthesizer)
 from higgs_runtime.upload_form import VoiceUploadForm
@@ -196,12 +196,14 @@ class HiggsAudio:
     @json_errors
     async def generate(self, text: Text, temperature: Temperature = 0.7, top_p: TopP = 0.95, top_k: TopK = 50,
                        max_new_tokens: MaxNewTokens = 1024, seed: Seed = None, scene_prompt: ScenePrompt = None,
-                       response_format: ResponseFormat = "wav") -> GenerateResponse:
-        """Text to speech; the model picks a voice."""
+                       response_format: ResponseFormat = "wav", voice_description: VoiceDescriptionText = None,
+                       normalize_text: NormalizeText = True) -> GenerateResponse:
+        """Text to speech; the model picks a voice, following voice_description when given."""
         started, synthesizer = time.monotonic(), self._ready_synthesizer()
         text, scene_prompt = _text(text), _scene(scene_prompt)
+        voice_description = _voice_description(voice_description)
         sampling = _sampling(temperature, top_p, top_k, max_new_tokens, seed)
-        plan = await _in_thread(synthesizer.plan_plain, text, scene_prompt)
+        plan = await _in_thread(synthesizer.plan_plain, text, scene_prompt, voice_description, normalize_text)
         return await self._respond(text, plan, sampling, response_format, started)
 
     @bentoml.api(route="/generate/voice-clone")
@@ -210,8 +212,8 @@ class HiggsAudio:
                                    reference_audio: str | None = None, reference_text: str | None = None,
                                    temperature: Temperature = 0.7, top_p: TopP = 0.95, top_k: TopK = 50,
                                    max_new_tokens: MaxNewTokens = 1024, seed: Seed = None,
-                                   scene_prompt: ScenePrompt = None,
-                                   response_format: ResponseFormat = "wav") -> GenerateResponse:
+                                   scene_prompt: ScenePrompt = None, response_format: ResponseFormat = "wav",
+                                   normalize_text: NormalizeText = True) -> GenerateResponse:
         """Zero-shot voice cloning from a named voice or a base64 WAV/MP3/FLAC clip."""
         started, synthesizer = time.monotonic(), self._ready_synthesizer()
         text, scene_prompt = _text(text), _scene(scene_prompt)
@@ -224,24 +226,27 @@ class HiggsAudio:
                                 "or reference_audio (base64 WAV, MP3 or FLAC)")
         # Decoding and encoding a reference clip is heavy: off the event loop.
         plan = await _in_thread(self._clone_plan, synthesizer, text, scene_prompt, reference_voice,
-                                reference_audio, reference_text)
+                                reference_audio, reference_text, normalize_text)
         return await self._respond(text, plan, sampling, response_format, started)
 
     @bentoml.api(route="/generate/multi-speaker")
     @json_errors
-    async def generate_multi_speaker(self, text: Text, reference_voices: list[str] | None = None,
+    async def generate_multi_speaker(self, text: Text, reference_voices: ReferenceVoices = None,
                                      temperature: Temperature = 0.7, top_p: TopP = 0.95, top_k: TopK = 50,
                                      max_new_tokens: MaxNewTokens = 1024, seed: Seed = None,
-                                     scene_prompt: ScenePrompt = None,
-                                     response_format: ResponseFormat = "wav") -> GenerateResponse:
-        """Dialogue from text tagged [SPEAKER0], [SPEAKER1], ...; reference_voices[i] voices SPEAKERi."""
+                                     scene_prompt: ScenePrompt = None, response_format: ResponseFormat = "wav",
+                                     normalize_text: NormalizeText = True) -> GenerateResponse:
+        """Dialogue from text tagged [SPEAKER0], [SPEAKER1], ...; reference_voices[i] voices SPEAKERi, by
+        name or by {"description": ...}."""
         started, synthesizer = time.monotonic(), self._ready_synthesizer()
         text, scene_prompt = _text(text), _scene(scene_prompt)
         sampling = _sampling(temperature, top_p, top_k, max_new_tokens, seed)
-        voices = voice_names("reference_voices", reference_voices or [], settings.max_speakers)
-        for name in voices:
-            self.voices.get(name)
-        plan = await _in_thread(synthesizer.plan_multi_speaker, text, scene_prompt, voices)
+        voices = speaker_voices("reference_voices", reference_voices or [], settings.max_speakers,
+                                settings.max_description_chars)
+        for voice in voices:
+            if isinstance(voice, str):
+                self.voices.get(voice)
+        plan = await _in_thread(synthesizer.plan_multi_speaker, text, scene_prompt, voices, normalize_text)
         return await self._respond(text, plan, sampling, response_format, started)
 
     # --- voices ---
@@ -275,13 +280,15 @@ class HiggsAudio:
             reference_audio = present(body.ref_audio)
             scene_prompt = optional_text("instructions", body.instructions, settings.max_scene_chars)
             reference_text = optional_text("ref_text", body.ref_text, settings.max_transcript_chars)
-            if voice is not None and reference_audio is not None:
-                raise ApiError(400, "give either voice or ref_audio, not both")
+            voice_description = _voice_description(body.voice_description)
+            if sum(choice is not None for choice in (voice, reference_audio, voice_description)) > 1:
+                raise ApiError(400, "give at most one voice: either voice or ref_audio (a clip), or voice_description (words)")
             if voice is None and reference_audio is None:
-                plan = await _in_thread(synthesizer.plan_plain, text, scene_prompt)
+                plan = await _in_thread(synthesizer.plan_plain, text, scene_prompt, voice_description,
+                                        body.normalize_text)
             else:
                 plan = await _in_thread(self._clone_plan, synthesizer, text, scene_prompt, voice, reference_audio,
-                                        reference_text)
+                                        reference_text, body.normalize_text)
             stream = synthesizer.stream(plan, sampling)
         except Exception as exc:
             return _error_response(exc, "openai_speech")
@@ -297,13 +304,15 @@ class HiggsAudio:
 
     # --- helpers ---
     def _clone_plan(self, synthesizer: Synthesizer, text: str, scene_prompt: str | None, voice: str | None,
-                    reference_audio: str | None, reference_text: str | None) -> SpeechPlan:
+                    reference_audio: str | None, reference_text: str | None, normalize_text: bool) -> SpeechPlan:
         if voice is not None:
             self.voices.get(voice)
-            return synthesizer.plan_clone(text, scene_prompt, voice=voice, reference_text=reference_text)
+            return synthesizer.plan_clone(text, scene_prompt, voice=voice, reference_text=reference_text,
+                                          normalize=normalize_text)
         clip = decode_base64_audio(reference_audio, min_seconds=settings.min_reference_seconds,
                                    max_seconds=settings.max_reference_seconds)
-        return synthesizer.plan_clone(text, scene_prompt, reference_audio=clip, reference_text=reference_text)
+        return synthesizer.plan_clone(text, scene_prompt, reference_audio=clip, reference_text=reference_text,
+                                      normalize=normalize_text)
 
     async def _respond(self, text: str, plan: SpeechPlan, sampling: Sampling, response_format: str,
                        started: float) -> GenerateResponse:
@@ -348,6 +357,10 @@ def _text(text: str) -> str:
 
 def _scene(scene_prompt: str | None) -> str | None:
     return optional_text("scene_prompt", scene_prompt, settings.max_scene_chars)
+
+
+def _voice_description(description: str | None) -> str | None:
+    return optional_text("voice_description", description, settings.max_description_chars)
 
 
 def _sampling(temperature, top_p, top_k, max_new_tokens, seed) -> Sampling:

@@ -53,7 +53,7 @@ class Settings:
     max_text_chars: int = 5000
     max_scene_chars: int = 2000  # scene_prompt, instructions
     max_transcript_chars: int = 1000  # reference_text, ref_text, an upload's transcript
-    max_description_chars: int = 500  # an upload's description
+    max_description_chars: int = 500  # an upload's description, a voice_description, a described speaker
     max_speakers: int = 10  # [SPEAKER0] .. [SPEAKER9], and as many reference_voices
     max_new_tokens_cap: int = 2048
     max_request_bytes: int = 32 * 1024 * 1024

@@ -1,9 +1,14 @@
 """Checks on user-supplied fields, run before any work proportional to them: every text is bounded in
-characters and every list in length. Each raises `InvalidRequest` naming the field."""
+characters and every list in length. Each raises `InvalidRequest` naming the field.
+
+Every text field loses the private-use marks that stand for sound-event tags (`text_normalize`): only
+the normaliser writes those, so no field can smuggle a tag token into a prompt."""
 
 from __future__ import annotations
 
+from .schemas import VoiceDescription
 from .speech import InvalidRequest
+from .text_normalize import without_marks
 from .voices import MAX_VOICE_NAME_CHARS
 
 
@@ -14,11 +19,13 @@ def present(value: str | None) -> str | None:
 
 
 def optional_text(field: str, value: str | None, limit: int) -> str | None:
-    """The text stripped, None when absent or blank."""
+    """The text stripped and without sound-event marks, None when absent or blank."""
     text = present(value)
-    if text is not None and len(text) > limit:
+    if text is None:
+        return None
+    if len(text) > limit:
         raise InvalidRequest(f"{field} is {len(text)} characters long; the limit is {limit}")
-    return text
+    return present(without_marks(text))
 
 
 def required_text(field: str, value: str, limit: int) -> str:
@@ -32,7 +39,12 @@ def voice_name(field: str, value: str | None) -> str | None:
     return optional_text(field, value, MAX_VOICE_NAME_CHARS)
 
 
-def voice_names(field: str, values: list[str], limit: int) -> list[str]:
+def speaker_voices(field: str, values: list[str | VoiceDescription], limit: int,
+                   description_limit: int) -> list[str | VoiceDescription]:
+    """One voice per speaker: a voice name, or a description in words."""
     if len(values) > limit:
         raise InvalidRequest(f"{field} has {len(values)} entries; the limit is {limit}")
-    return [required_text(f"{field}[{index}]", value, MAX_VOICE_NAME_CHARS) for index, value in enumerate(values)]
+    return [required_text(f"{field}[{index}]", value, MAX_VOICE_NAME_CHARS) if isinstance(value, str) else
+            VoiceDescription(description=required_text(f"{field}[{index}].description", value.description,
+                                                       description_limit))
+            for index, value in enumerate(values)]

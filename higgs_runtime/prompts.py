@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 
@@ -60,10 +62,13 @@ def _message(role: str, *items: dict) -> dict:
 
 # --- conversations per mode -------------------------------------------------------------------
 
-def plain_messages(text: str, scene_prompt: str | None) -> list[dict]:
+def plain_messages(text: str, scene_prompt: str | None, voice_description: str | None = None) -> list[dict]:
+    """A described voice joins the scene as `SPEAKER0: <description>`, the reference's voice-profile line."""
     messages = [_message("system", _text(SYSTEM_TTS))]
-    if scene_prompt:
-        messages.append(_message("scene", _text(scene_prompt)))
+    scene = [_text(scene_prompt)] if scene_prompt else []
+    scene += [_text(_described(0, voice_description))] if voice_description else []
+    if scene:
+        messages.append(_message("scene", *scene))
     messages.append(_message("user", _text(text)))
     return messages
 
@@ -91,15 +96,23 @@ def speaker_count(text: str) -> int:
     return max(indices) + 1 if indices else 0
 
 
-def multi_speaker_messages(text: str, scene_prompt: str | None, voice_count: int) -> list[dict]:
-    """Without voices the scene describes each speaker; with voices it carries one clip per speaker."""
-    if voice_count:
+def _described(index: int, description: str) -> str:
+    return f"SPEAKER{index}: {description}"
+
+
+def multi_speaker_messages(text: str, scene_prompt: str | None, voices: list[str | None]) -> list[dict]:
+    """`voices[i]` voices SPEAKERi: a description in words, or None for a reference clip (the clips
+    fill the audio items in order). With any clip the scene carries each clip after its speaker's
+    label and each description as its own line; with descriptions only, or no voices at all (then
+    alternating feminine and masculine), the scene describes every speaker."""
+    if None in voices:
         scene = [_text(scene_prompt or DEFAULT_VOICED_SCENE)]
-        for index in range(voice_count):
-            scene += [_text(f"SPEAKER{index}:"), AUDIO_ITEM]
+        for index, description in enumerate(voices):
+            scene += [_text(_described(index, description))] if description else [_text(f"SPEAKER{index}:"), AUDIO_ITEM]
         return [_message("system", _text(SYSTEM_TTS)), _message("scene", *scene), _message("user", _text(text))]
+    descriptions = voices or ["feminine" if i % 2 == 0 else "masculine" for i in range(speaker_count(text))]
     scene = [_text(scene_prompt)] if scene_prompt else []
-    scene += [_text(f"SPEAKER{i}: {'feminine' if i % 2 == 0 else 'masculine'}") for i in range(speaker_count(text))]
+    scene += [_text(_described(index, description)) for index, description in enumerate(descriptions)]
     messages = [_message("system", _text(SYSTEM_MULTI_SPEAKER))]
     if scene:
         messages.append(_message("scene", *scene))
@@ -181,11 +194,12 @@ class PromptTooLong(ValueError):
         self.num_tokens, self.max_tokens = num_tokens, max_tokens
 
 
-def token_ids(parts: list[str], tokenizer, text_tokens: frozenset[str] = frozenset()) -> list[int]:
+def token_ids(parts: list[str], tokenizer, text_tokens: Mapping[str, str] = MappingProxyType({})) -> list[int]:
     """Ids of a rendering. Plain text between control tokens is tokenized as one run (as the
     tokenizer itself splits at special tokens, so normal text gets the usual ids) with every
-    special-token string in it split into plain text, except those in `text_tokens`: the special
-    tokens user text may deliberately contain (the sound-event tags, once expressive text lets them in)."""
+    special-token string in it split into plain text. `text_tokens` maps strings that stand for a
+    special token in text to that token: the marks `text_normalize` writes for sound-event tags,
+    which no user field can carry."""
     ids: list[int] = []
     for is_control, group in itertools.groupby(parts, key=lambda part: isinstance(part, ControlToken)):
         if is_control:
@@ -195,12 +209,12 @@ def token_ids(parts: list[str], tokenizer, text_tokens: frozenset[str] = frozens
     return ids
 
 
-def _plain_text_ids(text: str, tokenizer, text_tokens: frozenset[str]) -> list[int]:
+def _plain_text_ids(text: str, tokenizer, text_tokens: Mapping[str, str]) -> list[int]:
     pieces = re.split(f"({'|'.join(map(re.escape, sorted(text_tokens)))})", text) if text_tokens else [text]
     ids: list[int] = []
     for piece in pieces:
         if piece in text_tokens:
-            ids.append(tokenizer.convert_tokens_to_ids(piece))
+            ids.append(tokenizer.convert_tokens_to_ids(text_tokens[piece]))
         elif piece:
             # transformers applies this by setting a flag on the shared backend tokenizer; every
             # encode in the server passes it, so concurrent prompt builds agree on it.
@@ -209,7 +223,7 @@ def _plain_text_ids(text: str, tokenizer, text_tokens: frozenset[str]) -> list[i
 
 
 def tokenize(messages: list[dict], reference_codes: list[np.ndarray], tokenizer, config,
-             max_tokens: int | None = None, text_tokens: frozenset[str] = frozenset()) -> Prompt:
+             max_tokens: int | None = None, text_tokens: Mapping[str, str] = MappingProxyType({})) -> Prompt:
     """`reference_codes[i]` (codebooks x frames) fills the i-th audio item, in order of appearance.
     Raises `PromptTooLong` before the prompt is expanded when it would exceed `max_tokens`."""
     if len(reference_codes) != count_audio_items(messages):

@@ -13,6 +13,21 @@ TopK = Annotated[int, Field(ge=0, description="Top-k sampling; 0 turns it off.")
 MaxNewTokens = Annotated[int, Field(ge=1, description="Most audio frames to generate (25 per second).")]
 Seed = Annotated[int | None, Field(ge=0, le=2**63 - 1, description="Same seed, same request: same audio.")]
 ScenePrompt = Annotated[str | None, Field(description="Description of the recording scene.")]
+NormalizeText = Annotated[bool, Field(description="Rewrite the text as the model was trained on: sound-event tags "
+                                                  "such as [laugh], ASCII punctuation, tidy whitespace.")]
+VoiceDescriptionText = Annotated[str | None, Field(description="The voice described in words, instead of a clip.")]
+
+
+class VoiceDescription(BaseModel):
+    """A speaker described in words instead of voiced by a clip."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = Field(description="For example: deep male voice, slow, British accent.")
+
+
+ReferenceVoices = Annotated[list[str | VoiceDescription] | None, Field(
+    description="reference_voices[i] voices SPEAKERi: a voice name, or {\"description\": ...}.")]
 
 
 class Usage(BaseModel):
@@ -84,6 +99,8 @@ class SpeechRequest(BaseModel):
     max_new_tokens: MaxNewTokens = 1024
     ref_audio: str | None = Field(None, description="Base64 WAV, MP3 or FLAC clip to clone (instead of voice).")
     ref_text: str | None = Field(None, description="Transcript of ref_audio.")
+    voice_description: VoiceDescriptionText = None
+    normalize_text: NormalizeText = True
 
     @property
     def voice_name(self) -> str | None:

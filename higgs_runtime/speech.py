@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import prompts
+from . import prompts, text_normalize
 from .audio import SAMPLE_RATE
 from .codec import Codec
 from .codec_batching import CodecDecodeBatcher
@@ -27,6 +27,7 @@ from .engine.requests import GenerationRequest, GenerationResult, RequestHandle
 from .engine.sampling import RepetitionAware, SamplingParams
 from .engine.scheduler import Scheduler
 from .loading import LoadedModel
+from .schemas import VoiceDescription
 from .streaming import DecodeWindow, StreamingDecoder
 from .text_chunks import split_for_generation
 from .voices import VoiceStore
@@ -69,10 +70,11 @@ class Speech:
 
 def runaway_guard_frames(text: str, multiple: float) -> float:
     """Frames after which audio that has not ended counts as runaway: `multiple` times a generous
-    estimate of how long the text can take to say (slow speech: 4 characters a second, plus 2 s)."""
+    estimate of how long the text can take to say (slow speech: 4 characters a second, plus 2 s);
+    sound-event tags are markup, not characters to say."""
     if multiple <= 0:
         return math.inf
-    plausible_seconds = 2.0 + len(text) / 4.0
+    plausible_seconds = 2.0 + len(text_normalize.without_sound_events(text)) / 4.0
     return math.ceil(multiple * plausible_seconds * FRAMES_PER_SECOND)
 
 
@@ -125,22 +127,27 @@ class Synthesizer:
         self.scheduler.stop()
         self.audio_decoder.close()
 
-    # --- plans per mode ---
-    def plan_plain(self, text: str, scene_prompt: str | None) -> SpeechPlan:
-        return self._plan(Conversation(lambda chunk: prompts.plain_messages(chunk, scene_prompt), []), text,
-                          voice_from_first_chunk=True)
+    # --- plans per mode (`normalize`: rewrite the text as the checkpoint expects, see text_normalize) ---
+    def plan_plain(self, text: str, scene_prompt: str | None, voice_description: str | None = None,
+                   normalize: bool = True) -> SpeechPlan:
+        conversation = Conversation(lambda chunk: prompts.plain_messages(chunk, scene_prompt, voice_description), [])
+        return self._plan(conversation, _spoken(text, normalize), voice_from_first_chunk=True)
 
     def plan_clone(self, text: str, scene_prompt: str | None, *, voice: str | None = None,
-                   reference_audio: np.ndarray | None = None, reference_text: str | None = None) -> SpeechPlan:
+                   reference_audio: np.ndarray | None = None, reference_text: str | None = None,
+                   normalize: bool = True) -> SpeechPlan:
         if voice is not None:
             codes = self.voice_codes(voice)
             reference_text = reference_text or self.voices.get(voice).transcript
         else:
             codes = self.codec.encode(reference_audio)
         conversation = Conversation(lambda chunk: prompts.clone_messages(chunk, reference_text, scene_prompt), [codes])
-        return self._plan(conversation, text)
+        return self._plan(conversation, _spoken(text, normalize))
 
-    def plan_multi_speaker(self, text: str, scene_prompt: str | None, voices: list[str]) -> SpeechPlan:
+    def plan_multi_speaker(self, text: str, scene_prompt: str | None, voices: list[str | VoiceDescription],
+                           normalize: bool = True) -> SpeechPlan:
+        """`voices[i]` voices SPEAKERi: a voice name (its clip) or a description in words."""
+        text = _spoken(text, normalize)
         needed, allowed = prompts.speaker_count(text), self.settings.max_speakers
         if needed == 0:
             raise InvalidRequest("text has no [SPEAKER0], [SPEAKER1], ... tags; use /generate for a single voice")
@@ -151,8 +158,10 @@ class Synthesizer:
             raise InvalidRequest(
                 f"text uses {needed} speakers (up to [SPEAKER{needed - 1}]) but reference_voices has only "
                 f"{len(voices)}; give one voice per speaker or none")
-        codes = [self.voice_codes(name) for name in voices]
-        conversation = Conversation(lambda chunk: prompts.multi_speaker_messages(chunk, scene_prompt, len(voices)), codes)
+        codes = [self.voice_codes(voice) for voice in voices if isinstance(voice, str)]
+        descriptions = [None if isinstance(voice, str) else voice.description for voice in voices]
+        conversation = Conversation(lambda chunk: prompts.multi_speaker_messages(chunk, scene_prompt, descriptions),
+                                    codes)
         return self._plan(conversation, text)
 
     def voice_codes(self, name: str) -> np.ndarray:
@@ -169,7 +178,8 @@ class Synthesizer:
         messages, codes = plan.messages_and_codes(index)
         try:
             return prompts.tokenize(messages, codes, self.loaded.tokenizer, self.loaded.config,
-                                    max_tokens=self.settings.max_seq_len - 1)
+                                    max_tokens=self.settings.max_seq_len - 1,
+                                    text_tokens=text_normalize.SOUND_EVENT_TOKENS)
         except prompts.PromptTooLong as exc:
             raise InvalidRequest(f"the prompt is {exc.num_tokens} tokens long (text and reference audio); "
                                  f"the server's limit is {self.settings.max_seq_len}") from None
@@ -224,6 +234,16 @@ class Synthesizer:
     def _timed_out(self) -> GenerationTimeout:
         return GenerationTimeout(f"the request did not finish within the server's limit of "
                                  f"{self.settings.request_timeout_s:g} s")
+
+
+def _spoken(text: str, normalize_text: bool) -> str:
+    if not normalize_text:
+        return text
+    spoken = text_normalize.normalize(text)
+    if not spoken:
+        raise InvalidRequest("text has nothing left to say once normalised (parentheses and blank lines are "
+                             "dropped); send normalize_text: false to have it read as written")
+    return spoken
 
 
 def _speech(samples: np.ndarray, results: list[GenerationResult], first_audio_at: float,

@@ -13,8 +13,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 
-# The tags prompts.SPEAKER_TAG reads; repeated here so this module needs nothing beyond the standard library.
-SPEAKER_TAG = re.compile(r"\[SPEAKER\d+\]")
+from .text_normalize import SOUND_EVENT, SPEAKER_TAG
 
 # Han, kana and CJK punctuation: scripts written without spaces, so punctuation there needs no space after it.
 # Hangul is left out on purpose: Korean separates words with spaces like Latin text.
@@ -153,7 +152,8 @@ def _hard_split(text: str, max_chars: int) -> list[str]:
     """Fixed-size cuts through a run with no boundary, keeping combining marks with their base character.
 
     A base followed by more marks than fit in a chunk (text built to make thousands of tiny chunks) is
-    cut in its marks instead: chunks stay `max_chars` long.
+    cut in its marks instead: chunks stay `max_chars` long. A sound-event tag is never cut: the cut
+    moves before it, or after it when it starts the chunk.
     """
     chunks = []
     start = 0
@@ -164,8 +164,18 @@ def _hard_split(text: str, max_chars: int) -> list[str]:
             base -= 1
         if base > start:
             cut = base
+        cut = _outside_sound_events(text, cut, start)
         chunks.append(text[start:cut])
         start = cut
     chunks.append(text[start:])
     # A run can still hold no-break spaces, which must not end up at a chunk's edge.
     return [chunk.strip() for chunk in chunks if chunk.strip()]
+
+
+def _outside_sound_events(text: str, cut: int, start: int) -> int:
+    for event in SOUND_EVENT.finditer(text, start):
+        if event.start() >= cut:
+            break
+        if event.end() > cut:
+            return event.start() if event.start() > start else event.end()
+    return cut

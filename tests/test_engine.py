@@ -36,8 +36,8 @@ def mode_prompts(tiny_model, clips) -> dict[str, prompts.Prompt]:
         "plain": (prompts.plain_messages("Hello, world!", None), []),
         "plain_scene": (prompts.plain_messages("Hello, world!", "A quiet room."), []),
         "clone": (prompts.clone_messages("This is the cloned voice.", "Maintaining your ability.", None), codes[:1]),
-        "multi_no_voices": (prompts.multi_speaker_messages(dialogue, "A cafe.", 0), []),
-        "multi_voices": (prompts.multi_speaker_messages(dialogue, None, 2), codes),
+        "multi_no_voices": (prompts.multi_speaker_messages(dialogue, "A cafe.", []), []),
+        "multi_voices": (prompts.multi_speaker_messages(dialogue, None, [None, None]), codes),
     }
     return {name: prompts.tokenize(messages, clip_codes, tiny_model.tokenizer, tiny_model.config)
             for name, (messages, clip_codes) in conversations.items()}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from higgs_runtime.inputs import optional_text, required_text, voice_name, voice_names
+from higgs_runtime.inputs import optional_text, required_text, speaker_voices, voice_name
+from higgs_runtime.schemas import VoiceDescription
 from higgs_runtime.speech import InvalidRequest
+from higgs_runtime.text_normalize import SOUND_EVENT_TOKENS
 
 
 def test_text_is_stripped_and_blank_is_absent():
@@ -19,8 +21,12 @@ def test_text_is_stripped_and_blank_is_absent():
     (lambda: optional_text("scene_prompt", "x" * 21, 20), "scene_prompt is 21 characters long; the limit is 20"),
     (lambda: required_text("text", "  ", 20), "text must not be empty"),
     (lambda: voice_name("voice", "v" * 65), "voice is 65 characters long; the limit is 64"),
-    (lambda: voice_names("reference_voices", ["a"] * 11, 10), "reference_voices has 11 entries; the limit is 10"),
-    (lambda: voice_names("reference_voices", ["a", " "], 10), "reference_voices[1] must not be empty"),
+    (lambda: speaker_voices("reference_voices", ["a"] * 11, 10, 50), "reference_voices has 11 entries; the limit is 10"),
+    (lambda: speaker_voices("reference_voices", ["a", " "], 10, 50), "reference_voices[1] must not be empty"),
+    (lambda: speaker_voices("reference_voices", ["a", VoiceDescription(description="d" * 51)], 10, 50),
+     "reference_voices[1].description is 51 characters long; the limit is 50"),
+    (lambda: speaker_voices("reference_voices", [VoiceDescription(description=" ")], 10, 50),
+     "reference_voices[0].description must not be empty"),
 ])
 def test_limits_name_the_field(check, words):
     with pytest.raises(InvalidRequest, match=words.replace("[", r"\[").replace("]", r"\]")):
@@ -29,4 +35,13 @@ def test_limits_name_the_field(check, words):
 
 def test_a_limit_is_inclusive():
     assert optional_text("description", "d" * 500, 500) == "d" * 500
-    assert voice_names("reference_voices", ["belinda"] * 10, 10) == ["belinda"] * 10
+    assert speaker_voices("reference_voices", ["belinda"] * 10, 10, 50) == ["belinda"] * 10
+    described = speaker_voices("reference_voices", [VoiceDescription(description=" d" * 25)], 10, 50)
+    assert described == [VoiceDescription(description=("d " * 25).strip())]
+
+
+def test_no_field_can_carry_a_sound_event_mark():
+    """Only the normaliser writes the marks that become sound-event tokens; user text loses them."""
+    marks = "".join(SOUND_EVENT_TOKENS)
+    assert optional_text("scene_prompt", f"a{marks} room", 20) == "a room"
+    assert optional_text("scene_prompt", f" {marks} ", 20) is None
