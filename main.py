@@ -23,7 +23,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model-path", default=os.environ.get("HIGGS_MODEL_PATH", DEFAULT_MODEL),
-                        help="Hugging Face id or local directory; 'tiny-random' for the offline test model")
+                        help="Hugging Face id or local directory; 'tiny-random' or 'small-random' for an offline "
+                             "random model (noise, for tests and benchmarks)")
     parser.add_argument("--audio-tokenizer-path", default=os.environ.get("HIGGS_AUDIO_TOKENIZER_PATH", DEFAULT_AUDIO_TOKENIZER))
     parser.add_argument("--device", default=os.environ.get("HIGGS_DEVICE", "auto"), help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--data-dir", default=os.environ.get("HIGGS_DATA_DIR"),
