@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import threading
 
 import numpy as np
@@ -51,3 +53,29 @@ class Codec:
             audio = self.model.decode(tensor.to(self.device, non_blocking=True)).audio_values[:, 0].float()
         audio = audio.cpu().numpy()
         return [audio[index, :clip.shape[1] * self.samples_per_frame] for index, clip in enumerate(clips)]
+
+
+
+class ClipCodes:
+    """Codes of one-off reference clips, by the clip's content: a client that sends the same clip again
+    (a voice it keeps on its side) is not encoded again. Bounded; least recently used clips leave."""
+
+    def __init__(self, codec: Codec, max_clips: int = 64):
+        self._codec, self._max_clips = codec, max_clips
+        self._codes: collections.OrderedDict[bytes, np.ndarray] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def encode(self, samples: np.ndarray) -> np.ndarray:
+        """Read-only codes (codebooks, frames) of 24 kHz mono float32 samples."""
+        key = hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).digest()
+        with self._lock:
+            if key in self._codes:
+                self._codes.move_to_end(key)
+                return self._codes[key]
+        codes = self._codec.encode(samples)
+        codes.flags.writeable = False
+        with self._lock:
+            self._codes[key] = codes
+            while len(self._codes) > self._max_clips:
+                self._codes.popitem(last=False)
+        return codes

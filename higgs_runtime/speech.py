@@ -19,7 +19,7 @@ import numpy as np
 
 from . import prompts, text_normalize
 from .audio import SAMPLE_RATE
-from .codec import Codec
+from .codec import ClipCodes, Codec
 from .codec_batching import CodecDecodeBatcher
 from .config import Settings
 from .engine.delay_pattern import undo_delay_pattern
@@ -115,6 +115,7 @@ class Synthesizer:
         self.voices = voices
         self.settings = settings
         self.codec = Codec(loaded.codec, loaded.device)
+        self.reference_clips = ClipCodes(self.codec)
         self.audio_decoder = CodecDecodeBatcher(self.codec)
         self.scheduler = Scheduler(loaded.model, settings.max_batch_size, settings.max_queue_size,
                                    settings.max_seq_len, settings.kv_budget_tokens,
@@ -140,7 +141,7 @@ class Synthesizer:
             codes = self.voice_codes(voice)
             reference_text = reference_text or self.voices.get(voice).transcript
         else:
-            codes = self.codec.encode(reference_audio)
+            codes = self.reference_clips.encode(reference_audio)
         conversation = Conversation(lambda chunk: prompts.clone_messages(chunk, reference_text, scene_prompt), [codes])
         return self._plan(conversation, _spoken(text, normalize))
 

@@ -56,3 +56,4 @@ def test_small_random_preset_loads_through_the_same_path(model_cache):
     assert settings.is_random_preset and loaded.codec_id.startswith("small-random")
     with pytest.raises(ValueError, match="both"):
         loading.load(Settings(model_path="small-random", device="cpu", cache_dir=model_cache))
+
