@@ -99,12 +99,13 @@ class SpeechPlan:
     spoken: list[tuple[str, np.ndarray]] = field(default_factory=list)
     first_prompt: prompts.Prompt | None = None  # built when the plan is made, to check it fits
 
-    def messages_and_codes(self, index: int) -> tuple[list[dict], list[np.ndarray]]:
-        """Chunk `index`'s conversation: the fixed part, then earlier chunks as user text + assistant audio."""
+    def messages_and_codes(self, index: int, dropped: int = 0) -> tuple[list[dict], list[np.ndarray]]:
+        """Chunk `index`'s conversation: the fixed part, then earlier chunks as user text + assistant
+        audio, less the `dropped` least useful of them (the oldest recent ones, the pinned one last)."""
         history = self.spoken[:index]
         pinned = history[:1] if self.voice_from_first_chunk else []  # the first chunk's audio sets the voice
         recent = history[len(pinned):][-self.context_chunks:] if self.context_chunks else []
-        turns = pinned + recent
+        turns = (pinned if dropped <= len(recent) else []) + recent[dropped:]
         messages = prompts.with_history(self.conversation.build(self.chunks[index]), [text for text, _ in turns])
         return messages, self.conversation.codes + [codes for _, codes in turns]
 
@@ -176,14 +177,20 @@ class Synthesizer:
         return plan
 
     def _prompt(self, plan: SpeechPlan, index: int) -> prompts.Prompt:
-        messages, codes = plan.messages_and_codes(index)
-        try:
-            return prompts.tokenize(messages, codes, self.loaded.tokenizer, self.loaded.config,
-                                    max_tokens=self.settings.max_seq_len - 1,
-                                    text_tokens=text_normalize.SOUND_EVENT_TOKENS)
-        except prompts.PromptTooLong as exc:
-            raise InvalidRequest(f"the prompt is {exc.num_tokens} tokens long (text and reference audio); "
-                                 f"the server's limit is {self.settings.max_seq_len}") from None
+        """Chunk `index`'s prompt. A later chunk whose context of earlier chunks would not fit hears
+        fewer of them instead of failing half-way through an admitted request."""
+        dropped = 0
+        while True:
+            messages, codes = plan.messages_and_codes(index, dropped)
+            try:
+                return prompts.tokenize(messages, codes, self.loaded.tokenizer, self.loaded.config,
+                                        max_tokens=self.settings.max_seq_len - 1,
+                                        text_tokens=text_normalize.SOUND_EVENT_TOKENS)
+            except prompts.PromptTooLong as exc:
+                if len(codes) == len(plan.conversation.codes):  # no earlier chunk left to leave out
+                    raise InvalidRequest(f"the prompt is {exc.num_tokens} tokens long (text and reference audio); "
+                                         f"the server's limit is {self.settings.max_seq_len}") from None
+                dropped += 1
 
     # --- generation ---
     def submit_chunk(self, plan: SpeechPlan, index: int, sampling: Sampling) -> RequestHandle:

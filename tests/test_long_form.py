@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from higgs_runtime import prompts
 from higgs_runtime.config import Settings
 from higgs_runtime.speech import Sampling, Synthesizer
 from higgs_runtime.voices import CATALOG_PATH, VoiceStore
@@ -59,6 +60,23 @@ def test_context_keeps_only_the_last_chunks(synthesizer):
     texts = [m["content"][0]["text"] for m in messages if m["role"] == "user"]
     assert texts == ["A reference.", plan.chunks[1], plan.chunks[2], plan.chunks[3]]
     assert len(codes) == 3
+
+
+def test_a_later_chunk_hears_fewer_earlier_chunks_rather_than_fail(tiny_model, synthesizer, tmp_path):
+    plan = synthesizer.plan_plain(SCRIPT, None)
+    asyncio.run(synthesizer.generate(plan, SAMPLING))
+    full = synthesizer._prompt(plan, 3).num_tokens
+    alone = prompts.tokenize(*plan.messages_and_codes(3, dropped=3), tiny_model.tokenizer, tiny_model.config).num_tokens
+    tight = Synthesizer(tiny_model.loaded, VoiceStore(CATALOG_PATH, tmp_path / "p", tmp_path / "v"),
+                        Settings(device="cpu", long_form_chunk_chars=70, max_seq_len=alone + 1 + (full - alone) // 2))
+    try:
+        prompt = tight._prompt(plan, 3)  # the full context does not fit this limit
+    finally:
+        tight.close()
+    assert alone < prompt.num_tokens < full
+    messages, _ = plan.messages_and_codes(3, dropped=1)  # the oldest recent chunk left out, the voice kept
+    assert [m["content"][0]["text"] for m in messages if m["role"] == "user"] == [plan.chunks[0], plan.chunks[2],
+                                                                                 plan.chunks[3]]
 
 
 def test_long_script_streams_chunk_after_chunk(synthesizer):
