@@ -258,3 +258,18 @@ def test_requests_for_one_voice_arriving_together_share_its_prefix(tiny_model, r
         engine.stop()
     assert [r.steps for r in results] == [20] * 4
     assert reused == 3 * ((prompt.num_tokens - 1) // 128) * 2  # the three later ones each
+
+
+def test_a_queued_request_times_out_while_others_run(tiny_model):
+    prompt = plain_prompt(tiny_model)
+    engine = Scheduler(tiny_model.model, max_batch_size=1, max_queue_size=2, max_seq_len=1024)
+    engine.start()
+    try:
+        running = engine.submit(request(prompt, 900))
+        queued = engine.submit(GenerationRequest(prompt, SamplingParams(seed=1), 10, 10**9, timeout_s=0.3))
+        result = queued.result(5)  # long before the running request ends
+        assert not running.done
+        running.cancel()
+    finally:
+        engine.stop()
+    assert result.finish_reason == "timeout"

@@ -155,17 +155,18 @@ class Scheduler:
             handle.finish("cancelled")
 
     def _admit(self) -> None:
-        """First come, first served: the head of the queue waits for KV blocks rather than being overtaken."""
+        """First come, first served: the head of the queue waits for KV blocks rather than being overtaken.
+        Queued requests whose client left or whose time ran out leave the queue at once."""
         cache = self.batched.cache
+        with self._wakeup:
+            for handle in [h for h in self._waiting if h.cancelled or h.expired]:
+                self._waiting.remove(handle)
+                handle.finish("cancelled" if handle.cancelled else "timeout")
         while self._free_slots:
             with self._wakeup:
                 if not self._waiting:
                     return
                 handle = self._waiting[0]
-                if handle.cancelled or handle.expired:
-                    self._waiting.popleft()
-                    handle.finish("cancelled" if handle.cancelled else "timeout")
-                    continue
                 request = handle.request
                 slot = self._free_slots[-1]
                 if not cache.reserve(slot, request.prompt.num_tokens + request.max_new_frames):
