@@ -131,7 +131,7 @@ def test_the_page_is_ours_and_every_tab_renders(browser, playground_url, tmp_pat
     assert all("401" in error for error in errors), errors
 
 
-def test_speak_plays_audio_while_it_is_streamed(page):
+def test_speak_plays_audio_while_it_is_streamed(page, tmp_path):
     page.locator("#speak-form select[name=voice]").select_option("belinda")
     set_max_length(page, 300)
     page.get_by_role("button", name="Speak", exact=True).click()
@@ -143,6 +143,7 @@ def test_speak_plays_audio_while_it_is_streamed(page):
         assert fact in result["text"]
     assert page.locator("#speak .result audio").get_attribute("src").startswith("blob:")
     assert page.locator("#speak .result a[download]").get_attribute("download") == "speech.wav"
+    page.screenshot(path=str(tmp_path / "speak-result.png"), full_page=True)
 
 
 def test_an_uploaded_voice_is_offered_then_deleted(page):
