@@ -89,9 +89,11 @@ def settle(page, panel: str) -> dict:
     return result.evaluate("node => ({...node.dataset, text: node.innerText})")
 
 
-def set_max_length(page, tokens: int) -> None:
+def set_max_length(page, tokens: int, seed: int | None = None) -> None:
     page.locator("#settings summary").click()
     page.get_by_label("Max length").fill(str(tokens))
+    if seed is not None:
+        page.get_by_label("Seed").fill(str(seed))
 
 
 def test_the_page_is_ours_and_every_tab_renders(browser, playground_url, tmp_path):
@@ -113,6 +115,9 @@ def test_the_page_is_ours_and_every_tab_renders(browser, playground_url, tmp_pat
     # The key was kept: a reload needs no typing.
     page.reload()
     page.wait_for_selector("#voice-rows tr[data-voice=en_man]", state="attached")
+    unlabelled = page.evaluate("[...document.querySelectorAll('input, select, textarea')]"
+                               ".filter(e => !e.labels.length && !e.getAttribute('aria-label')).map(e => e.name)")
+    assert unlabelled == [], unlabelled
     # Keyboard: arrow keys move between tabs.
     page.get_by_role("tab", name="Speak").focus()
     page.keyboard.press("ArrowRight")
@@ -133,7 +138,10 @@ def test_the_page_is_ours_and_every_tab_renders(browser, playground_url, tmp_pat
 
 def test_speak_plays_audio_while_it_is_streamed(page, tmp_path):
     page.locator("#speak-form select[name=voice]").select_option("belinda")
-    set_max_length(page, 300)
+    # Six sentences are generated as several chunks: with this seed, about 13 s of audio over a few
+    # seconds, so the first pieces play while later ones are still being generated.
+    page.locator("#speak-form textarea[name=text]").fill(" ".join(["This playground streams audio while the model is still speaking."] * 6))
+    set_max_length(page, 300, seed=3)
     page.get_by_role("button", name="Speak", exact=True).click()
     result = settle(page, "speak")
     assert result["state"] == "done", result

@@ -1,5 +1,5 @@
 // The Speak tab, and the streamed generation it shares with one-off cloning: POST /v1/audio/speech
-// as server-sent events, played as it arrives when the format is "play while generating".
+// as server-sent events, played as it arrives when the format is "live stream".
 import { speechEvents } from "./api.js";
 import { MEDIA_TYPES, PcmPlayer, SAMPLE_RATE, base64ToBytes, concat, wavBlob } from "./audio.js";
 import { run, settings, showAudio, showProgress } from "./ui.js";
