@@ -13,6 +13,9 @@ QUIET_INDEX := { grep -v "is ignored: it is neither a file nor a directory" || t
 setup:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.lock -e . 2>&1 | $(QUIET_INDEX)
+# The playground's browser tests drive Debian's chromium (Playwright's own browser download needs the internet).
+	if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	elif ! command -v chromium >/dev/null; then echo "no chromium: the browser tests will skip (run as root to install it)"; fi
 	$(PY) -c "import torch, torchaudio, transformers, bentoml; print('ready: torch', torch.__version__, '| transformers', transformers.__version__, '| bentoml', bentoml.__version__)"
 
 test:

@@ -15,7 +15,7 @@ from fastapi import FastAPI, HTTPException, Request
 from pydantic import ValidationError
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
-from higgs_runtime import __version__
+from higgs_runtime import __version__, playground
 from higgs_runtime.audio import SAMPLE_RATE, AudioInputError, decode_audio, decode_base64_audio, duration_seconds
 from higgs_runtime.config import Settings
 from higgs_runtime.encoding import FORMATS, encode
@@ -47,11 +47,12 @@ for name in list(logging.root.manager.loggerDict):
 logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())
 settings = Settings.from_env()
 UPLOAD_ROUTE = "/upload-voice"
-OPEN_PATHS = frozenset({"/health", "/livez", "/readyz"})
+OPEN_PATHS = frozenset({"/health", "/livez", "/readyz", *playground.PUBLIC_PATHS})
 RANDOM_PRESET_NOTE = ("{} is a small randomly initialised model for offline testing and benchmarks: it produces "
                       "noise, not speech")
 
 http_app = FastAPI(title="Higgs Audio v2 server")
+playground.add_routes(http_app)
 
 
 class ApiError(Exception):

@@ -1,5 +1,6 @@
 """Response bodies that stream: encoded audio bytes as they are produced, or OpenAI's server-sent
-events (`speech.audio.delta` with base64 audio, then `speech.audio.done` with usage)."""
+events (`speech.audio.delta` with base64 audio, then `speech.audio.done` with usage and
+`finish_reason`)."""
 
 from __future__ import annotations
 
@@ -70,6 +71,6 @@ async def sse_events(stream: SpeechStream, fmt: str, speed: float,
         yield _event({"type": "error", "error": {"message": message, "type": "server_error"}})
         return
     speech = stream.speech
-    yield _event({"type": "speech.audio.done", "usage": {
+    yield _event({"type": "speech.audio.done", "finish_reason": speech.finish_reason, "usage": {
         "input_tokens": speech.prompt_tokens, "output_tokens": speech.completion_tokens,
         "total_tokens": speech.prompt_tokens + speech.completion_tokens}})

@@ -171,6 +171,7 @@ def test_sse_event_sequence(client):
     assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
     assert len(audio) > 0 and len(audio) % 2 == 0
+    assert events[-1]["finish_reason"] in ("stop", "length", "guard")
 
 
 def test_seed_routes_take_a_response_format(base_url):
