@@ -18,6 +18,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from higgs_runtime import __version__
 from higgs_runtime.audio import SAMPLE_RATE, AudioInputError, decode_audio, decode_base64_audio, duration_seconds
 from higgs_runtime.config import Settings
+from higgs_runtime.drain import Drain, DrainGate
 from higgs_runtime.encoding import FORMATS, encode
 from higgs_runtime.engine.requests import QueueFull, RequestTooLarge
 from higgs_runtime.http_middleware import (ApiKeyAuth, BodySizeLimit, CancelOnDisconnect, ClientErrorLogFilter,
@@ -48,10 +49,12 @@ logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogF
 settings = Settings.from_env()
 UPLOAD_ROUTE = "/upload-voice"
 OPEN_PATHS = frozenset({"/health", "/livez", "/readyz"})
+GENERATION_PATHS = frozenset({"/generate", "/generate/voice-clone", "/generate/multi-speaker", "/v1/audio/speech"})
 RANDOM_PRESET_NOTE = ("{} is a small randomly initialised model for offline testing and benchmarks: it produces "
                       "noise, not speech")
 
 http_app = FastAPI(title="Higgs Audio v2 server")
+drain = Drain(settings.drain_timeout_s)
 
 
 class ApiError(Exception):
@@ -132,6 +135,14 @@ class HiggsAudio:
         threading.Thread(target=self._fetch_missing_presets, name="preset-fetch", daemon=True).start()
         self.loader = BackgroundLoader(settings, self._on_model_ready)
         self.loader.start()
+
+    @bentoml.on_startup
+    async def _drain_on_sigterm(self) -> None:
+        drain.install()
+
+    def __is_ready__(self) -> bool:
+        """/readyz: the model is loaded and the server is not draining."""
+        return self.loader.status == "ready" and not drain.draining
 
     def _fetch_missing_presets(self) -> None:
         results = fetch_presets(load_catalog(), settings.voice_source, settings.presets_dir)
@@ -377,10 +388,12 @@ def _requested_device_name() -> str:
         return settings.device
 
 
-# Outermost first: request ids on everything, then the error shapes, then keys and body limits, and
+# Outermost first: request ids on everything, then the error shapes, the drain gate, keys and body limits, and
 # innermost the disconnect watch, which cancels the route's own work.
 HiggsAudio.add_asgi_middleware(RequestId)
 HiggsAudio.add_asgi_middleware(ErrorContract)
+HiggsAudio.add_asgi_middleware(DrainGate, drain=drain, refused_paths=GENERATION_PATHS,
+                               untracked_paths=OPEN_PATHS | {"/metrics"})
 HiggsAudio.add_asgi_middleware(ApiKeyAuth, keys=settings.api_key_set(), open_paths=OPEN_PATHS)
 HiggsAudio.add_asgi_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, upload_path=UPLOAD_ROUTE,
                                max_upload_bytes=settings.max_upload_bytes + 64 * 1024)

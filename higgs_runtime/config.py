@@ -76,6 +76,8 @@ class Settings:
     ras_window: int = 7
     ras_max_repeat: int = 2
     request_timeout_s: float = 600.0  # a whole request, all its text chunks together
+    # After SIGTERM, how long requests already taken may still run before they are cut off.
+    drain_timeout_s: float = 300.0
     # Audio still going after this multiple of the time its text could plausibly take is cut (0: off).
     runaway_guard_multiple: float = 2.0
     # Long-form text: characters per generation chunk, and how many earlier chunks stay in context.
@@ -109,7 +111,7 @@ class Settings:
         positive = ("max_text_chars", "max_scene_chars", "max_transcript_chars", "max_description_chars",
                     "max_speakers", "max_new_tokens_cap", "max_request_bytes", "max_upload_bytes",
                     "max_batch_size", "max_queue_size", "max_seq_len", "stream_first_chunk_frames", "long_form_chunk_chars",
-                    "stream_chunk_frames", "prefill_chunk_tokens")
+                    "stream_chunk_frames", "prefill_chunk_tokens", "drain_timeout_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"HIGGS_{name.upper()} must be positive")
