@@ -26,6 +26,7 @@ from higgs_runtime.http_middleware import (ApiKeyAuth, BodySizeLimit, CancelOnDi
 from higgs_runtime.http_streams import audio_bytes, sse_events
 from higgs_runtime.inputs import optional_text, present, required_text, speaker_voices, voice_name
 from higgs_runtime.loading import BackgroundLoader, resolve_device
+from higgs_runtime.scaling import for_worker, resources, worker_count
 from higgs_runtime.schemas import (OPENAI_MODEL_NAMES, GenerateResponse, Health, MaxNewTokens, NormalizeText,
                                    ReferenceVoices, ResponseFormat, ScenePrompt, Seed, SpeechRequest, Temperature, Text,
                                    TopK, TopP, Usage, VoiceDescriptionText, VoiceInfo, VoiceSummary)
@@ -46,7 +47,8 @@ for name in list(logging.root.manager.loggerDict):
         logging.getLogger(name).addFilter(RequestIdLogFilter())
 # The logger of BentoML's API error handling (bentoml._internal.server.http_app.log_exception).
 logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())
-settings = Settings.from_env()
+settings = for_worker(Settings.from_env(), bentoml.server_context.worker_index)
+WORKERS = worker_count(settings)
 UPLOAD_ROUTE = "/upload-voice"
 OPEN_PATHS = frozenset({"/health", "/livez", "/readyz"})
 GENERATION_PATHS = frozenset({"/generate", "/generate/voice-clone", "/generate/multi-speaker", "/v1/audio/speech"})
@@ -122,7 +124,8 @@ async def _in_thread(function, *args):
     # No BentoML max_concurrency: the engine's bounded queue answers 429 with a useful detail. The traffic
     # timeout stays above the engine's own request timeout, which reports itself.
     traffic={"timeout": int(settings.request_timeout_s) + 30},
-    workers=1,
+    workers=WORKERS,
+    resources=resources(settings, WORKERS),
 )
 @bentoml.asgi_app(http_app, path="/")
 class HiggsAudio:
@@ -169,6 +172,7 @@ class HiggsAudio:
         return Health(status=status, model_loaded=self.synthesizer is not None, device=device,
                       voices_available=len(self.voices.list()), model_path=settings.model_path,
                       audio_tokenizer_path=settings.audio_tokenizer_path, version=__version__,
+                      worker=bentoml.server_context.worker_index,
                       error=self.loader.error, note=RANDOM_PRESET_NOTE.format(settings.model_path) if settings.is_random_preset else None)
 
     @http_app.get("/voices", response_model=list[VoiceSummary])
