@@ -18,6 +18,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from higgs_runtime import __version__, playground
 from higgs_runtime.audio import SAMPLE_RATE, AudioInputError, decode_audio, decode_base64_audio, duration_seconds
 from higgs_runtime.config import Settings
+from higgs_runtime.drain import Drain, DrainGate
 from higgs_runtime.encoding import FORMATS, encode
 from higgs_runtime.engine.requests import QueueFull, RequestTooLarge
 from higgs_runtime.http_middleware import (ApiKeyAuth, BodySizeLimit, CancelOnDisconnect, ClientErrorLogFilter,
@@ -25,6 +26,7 @@ from higgs_runtime.http_middleware import (ApiKeyAuth, BodySizeLimit, CancelOnDi
 from higgs_runtime.http_streams import audio_bytes, sse_events
 from higgs_runtime.inputs import optional_text, present, required_text, speaker_voices, voice_name
 from higgs_runtime.loading import BackgroundLoader, resolve_device
+from higgs_runtime.scaling import for_worker, resources, worker_count
 from higgs_runtime.schemas import (OPENAI_MODEL_NAMES, GenerateResponse, Health, MaxNewTokens, NormalizeText,
                                    ReferenceVoices, ResponseFormat, ScenePrompt, Seed, SpeechRequest, Temperature, Text,
                                    TopK, TopP, Usage, VoiceDescriptionText, VoiceInfo, VoiceSummary)
@@ -45,14 +47,17 @@ for name in list(logging.root.manager.loggerDict):
         logging.getLogger(name).addFilter(RequestIdLogFilter())
 # The logger of BentoML's API error handling (bentoml._internal.server.http_app.log_exception).
 logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())
-settings = Settings.from_env()
+settings = for_worker(Settings.from_env(), bentoml.server_context.worker_index)
+WORKERS = worker_count(settings)
 UPLOAD_ROUTE = "/upload-voice"
 OPEN_PATHS = frozenset({"/health", "/livez", "/readyz", *playground.PUBLIC_PATHS})
+GENERATION_PATHS = frozenset({"/generate", "/generate/voice-clone", "/generate/multi-speaker", "/v1/audio/speech"})
 RANDOM_PRESET_NOTE = ("{} is a small randomly initialised model for offline testing and benchmarks: it produces "
                       "noise, not speech")
 
 http_app = FastAPI(title="Higgs Audio v2 server")
 playground.add_routes(http_app)
+drain = Drain(settings.drain_timeout_s)
 
 
 class ApiError(Exception):
@@ -120,7 +125,8 @@ async def _in_thread(function, *args):
     # No BentoML max_concurrency: the engine's bounded queue answers 429 with a useful detail. The traffic
     # timeout stays above the engine's own request timeout, which reports itself.
     traffic={"timeout": int(settings.request_timeout_s) + 30},
-    workers=1,
+    workers=WORKERS,
+    resources=resources(settings, WORKERS),
 )
 @bentoml.asgi_app(http_app, path="/")
 class HiggsAudio:
@@ -133,6 +139,14 @@ class HiggsAudio:
         threading.Thread(target=self._fetch_missing_presets, name="preset-fetch", daemon=True).start()
         self.loader = BackgroundLoader(settings, self._on_model_ready)
         self.loader.start()
+
+    @bentoml.on_startup
+    async def _drain_on_sigterm(self) -> None:
+        drain.install()
+
+    def __is_ready__(self) -> bool:
+        """/readyz: the model is loaded and the server is not draining."""
+        return self.loader.status == "ready" and not drain.draining
 
     def _fetch_missing_presets(self) -> None:
         results = fetch_presets(load_catalog(), settings.voice_source, settings.presets_dir)
@@ -159,6 +173,7 @@ class HiggsAudio:
         return Health(status=status, model_loaded=self.synthesizer is not None, device=device,
                       voices_available=len(self.voices.list()), model_path=settings.model_path,
                       audio_tokenizer_path=settings.audio_tokenizer_path, version=__version__,
+                      worker=bentoml.server_context.worker_index,
                       error=self.loader.error, note=RANDOM_PRESET_NOTE.format(settings.model_path) if settings.is_random_preset else None)
 
     @http_app.get("/voices", response_model=list[VoiceSummary])
@@ -378,10 +393,12 @@ def _requested_device_name() -> str:
         return settings.device
 
 
-# Outermost first: request ids on everything, then the error shapes, then keys and body limits, and
+# Outermost first: request ids on everything, then the error shapes, the drain gate, keys and body limits, and
 # innermost the disconnect watch, which cancels the route's own work.
 HiggsAudio.add_asgi_middleware(RequestId)
 HiggsAudio.add_asgi_middleware(ErrorContract)
+HiggsAudio.add_asgi_middleware(DrainGate, drain=drain, refused_paths=GENERATION_PATHS,
+                               untracked_paths=OPEN_PATHS | {"/metrics"})
 HiggsAudio.add_asgi_middleware(ApiKeyAuth, keys=settings.api_key_set(), open_paths=OPEN_PATHS)
 HiggsAudio.add_asgi_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, upload_path=UPLOAD_ROUTE,
                                max_upload_bytes=settings.max_upload_bytes + 64 * 1024)

@@ -10,6 +10,7 @@ from .streaming import StreamingConfig
 
 DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
 DEFAULT_AUDIO_TOKENIZER = "bosonai/higgs-audio-v2-tokenizer"
+MAX_WORKERS = 64
 # Offline presets: the real architecture with random weights (they produce noise, not speech).
 RANDOM_PRESETS = ("tiny-random", "small-random")
 # Raw URL prefix of the reference repository's voice prompts, pinned to one commit.
@@ -46,6 +47,10 @@ class Settings:
     model_path: str = DEFAULT_MODEL
     audio_tokenizer_path: str = DEFAULT_AUDIO_TOKENIZER
     device: str = "auto"
+    # Worker processes, each with its own engine on its own GPU (0: one per GPU present, one without CUDA).
+    workers: int = 0
+    # The GPU type the resource spec asks for (BentoCloud's naming): one with 24 GB or more.
+    gpu_type: str = "nvidia-l4"
     data_dir: Path = _default_data_dir()
     cache_dir: Path = _default_cache_dir()
     voice_source: str = DEFAULT_VOICE_SOURCE
@@ -76,6 +81,8 @@ class Settings:
     ras_window: int = 7
     ras_max_repeat: int = 2
     request_timeout_s: float = 600.0  # a whole request, all its text chunks together
+    # After SIGTERM, how long requests already taken may still run before they are cut off.
+    drain_timeout_s: float = 300.0
     # Audio still going after this multiple of the time its text could plausibly take is cut (0: off).
     runaway_guard_multiple: float = 2.0
     # Long-form text: characters per generation chunk, and how many earlier chunks stay in context.
@@ -109,10 +116,12 @@ class Settings:
         positive = ("max_text_chars", "max_scene_chars", "max_transcript_chars", "max_description_chars",
                     "max_speakers", "max_new_tokens_cap", "max_request_bytes", "max_upload_bytes",
                     "max_batch_size", "max_queue_size", "max_seq_len", "stream_first_chunk_frames", "long_form_chunk_chars",
-                    "stream_chunk_frames", "prefill_chunk_tokens")
+                    "stream_chunk_frames", "prefill_chunk_tokens", "drain_timeout_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"HIGGS_{name.upper()} must be positive")
+        if not 0 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"HIGGS_WORKERS must be between 0 (one per GPU) and {MAX_WORKERS}")
         if self.prefill_chunk_tokens % 64:
             raise ValueError("HIGGS_PREFILL_CHUNK_TOKENS must be a multiple of 64 (the KV block size)")
         if self.kv_cache_tokens and self.kv_cache_tokens < self.max_seq_len:

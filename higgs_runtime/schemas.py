@@ -66,6 +66,7 @@ class Health(BaseModel):
     model_path: str
     audio_tokenizer_path: str
     version: str
+    worker: int | None = None  # which worker process (1..HIGGS_WORKERS) answered
     error: str | None = None
     note: str | None = None
 

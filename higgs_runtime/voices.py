@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -47,6 +48,8 @@ TEMP_PREFIX = ".tmp-"
 STALE_TEMP_SECONDS = 600
 # Stored voices were validated on the way in; these limits only guard against a damaged file.
 STORED_MAX_SECONDS = 600.0
+# Voices' codes kept in memory at most (a few tens of KiB each); the disk copy outlives eviction.
+MAX_CACHED_CODES = 256
 
 VoiceKind = Literal["preset", "uploaded"]
 
@@ -196,7 +199,10 @@ class VoiceStore:
     """Preset voices whose audio is installed and verified, plus uploaded voices kept on disk.
 
     Each uploaded voice is a directory `uploads_dir/NAME` holding audio.wav and meta.json; it appears
-    in one atomic rename, so a crash never leaves half a voice.
+    in one atomic rename, so a crash never leaves half a voice. Servers sharing the directories see
+    each other's uploads and deletes at once: uploads are read from disk on every lookup, and audio
+    codes are keyed by the audio's content, so a name deleted and reused elsewhere never brings back
+    the old voice's codes.
     """
 
     def __init__(self, catalog_path: Path, presets_dir: Path, uploads_dir: Path):
@@ -204,8 +210,8 @@ class VoiceStore:
         self._presets_dir = presets_dir
         self._uploads_dir = uploads_dir
         self._lock = threading.Lock()
-        self._codes: dict[tuple[str, str], np.ndarray] = {}
-        self._encoding: dict[tuple[str, str], threading.Lock] = {}  # one encode per voice at a time
+        self._codes: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # (audio sha256, codec id)
+        self._encoding: dict[tuple[str, str], threading.Lock] = {}  # one encode per audio at a time
         uploads_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale_temp_dirs(uploads_dir)
         self._presets = self._installed_presets()
@@ -272,33 +278,51 @@ class VoiceStore:
                 os.rename(self._uploads_dir / name, graveyard)
             except FileNotFoundError:  # deleted meanwhile by another worker
                 raise VoiceNotFound(name, []) from None
-            self._codes = {key: codes for key, codes in self._codes.items() if key[0] != name}
-            self._encoding = {key: lock for key, lock in self._encoding.items() if key[0] != name}
         shutil.rmtree(graveyard, ignore_errors=True)
 
     def cached_codes(self, name: str, codec_id: str, encode: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """The voice's audio codes for the tokenizer `codec_id`, encoded once and kept in memory and on disk.
 
-        The returned array is read-only because it is shared between callers.
+        The codes are keyed by the audio's sha256 and the codec, computed from the very bytes that are
+        encoded on a miss. The returned array is read-only because it is shared between callers.
         """
         voice = self.get(name)
-        key = (name, codec_id)
+        try:
+            data = voice.audio_path.read_bytes()
+        except FileNotFoundError:  # deleted by another server since the lookup
+            raise VoiceNotFound(name, self.names()) from None
+        key = (hashlib.sha256(data).hexdigest(), codec_id)
         with self._lock:
             encoding = self._encoding.setdefault(key, threading.Lock())
-        with encoding:  # requests arriving together for a new voice wait for one encode
+        try:
+            with encoding:  # requests arriving together for a new voice wait for one encode
+                return self._codes_for(voice, key, data, encode)
+        finally:
             with self._lock:
-                codes = self._codes.get(key)
-            if codes is not None:
+                if self._encoding.get(key) is encoding:
+                    del self._encoding[key]
+
+    def _codes_for(self, voice: Voice, key: tuple[str, str], data: bytes,
+                   encode: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        with self._lock:
+            if (codes := self._codes.get(key)) is not None:
+                self._codes.move_to_end(key)
                 return codes
-            path = self._codes_path(voice, codec_id)
-            codes = _load_npy(path)
-            if codes is None:
-                codes = np.asarray(encode(self.load_audio(name)))
+        path = self._codes_path(voice, key)
+        codes = _load_npy(path)
+        if codes is None:
+            codes = np.asarray(encode(decode_audio(data, min_seconds=0.0, max_seconds=STORED_MAX_SECONDS)))
+            if voice.kind == "preset":
                 path.parent.mkdir(parents=True, exist_ok=True)
+            # An upload deleted meanwhile keeps no codes; recreating its directory would block its name.
+            with contextlib.suppress(FileNotFoundError):
                 _write_atomic(path, _npy_bytes(codes))
-            codes.flags.writeable = False
-            with self._lock:
-                return self._codes.setdefault(key, codes)
+        codes.flags.writeable = False
+        with self._lock:
+            self._codes[key] = codes
+            if len(self._codes) > MAX_CACHED_CODES:
+                self._codes.popitem(last=False)
+        return codes
 
     def _installed_presets(self) -> dict[str, Voice]:
         presets = {}
@@ -362,13 +386,13 @@ class VoiceStore:
                 raise VoiceExists(voice.name) from exc
             raise
 
-    def _codes_path(self, voice: Voice, codec_id: str) -> Path:
-        codec_key = hashlib.sha1(codec_id.encode("utf-8")).hexdigest()
+    def _codes_path(self, voice: Voice, key: tuple[str, str]) -> Path:
+        """Beside an upload (deleted with it), or in the presets' codes directory."""
+        audio_sha, codec_id = key
+        file_name = f"codes-{audio_sha[:32]}-{hashlib.sha1(codec_id.encode('utf-8')).hexdigest()}.npy"
         if voice.kind == "uploaded":
-            return voice.audio_path.parent / f"codes-{codec_key}.npy"
-        # The catalog checksum in the name keeps codes of a replaced preset clip from being reused.
-        checksum = self._catalog[voice.name].sha256[:16]
-        return self._presets_dir / CODES_DIR / f"{voice.name}-{checksum}-{codec_key}.npy"
+            return voice.audio_path.parent / file_name
+        return self._presets_dir / CODES_DIR / f"{voice.name}-{file_name}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -109,3 +109,11 @@ def test_dockerfile_installs_libsndfile_and_sets_device(bento):
     assert "ffmpeg" not in text
     assert re.search(r"^ENV HIGGS_DEVICE=", text, re.MULTILINE) and "ARG HIGGS_DEVICE=auto" in text
     assert re.search(r"^FROM python:3\.11", text, re.MULTILINE), text
+
+
+def test_bento_declares_one_gpu_of_24_gb(bento_yaml):
+    """The resource spec that containerized and BentoCloud deployments read; built on a machine
+    without CUDA, the worker count (so the GPU count) is one."""
+    (service,) = [service for service in bento_yaml["services"] if service["name"] == BENTO_NAME]
+    assert service["config"]["workers"] == 1
+    assert service["config"]["resources"] == {"gpu": 1, "gpu_type": "nvidia-l4", "cpu": "4", "memory": "16Gi"}

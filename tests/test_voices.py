@@ -307,3 +307,58 @@ def test_cached_codes_for_an_unknown_voice(dirs):
     with pytest.raises(VoiceNotFound):
         new_store(dirs).cached_codes("nobody", "tok", encode)
     assert encode.calls == 0
+
+
+def test_a_voice_replaced_by_another_store_is_encoded_afresh(dirs):
+    """Two servers on one data directory: codes follow the audio, not the name."""
+    here, there = new_store(dirs), new_store(dirs)
+    here.add_upload("shared", tone(), None, None)
+    encoded = []
+
+    def encode(audio):
+        encoded.append(audio)
+        return np.full((8, 4), len(encoded), dtype=np.int64)
+
+    old = here.cached_codes("shared", "tok", encode)
+    there.delete("shared")
+    with pytest.raises(VoiceNotFound):
+        here.cached_codes("shared", "tok", encode)
+    there.add_upload("shared", tone(2.0), None, None)
+    new = here.cached_codes("shared", "tok", encode)
+    assert len(encoded) == 2 and len(encoded[1]) == 2 * SAMPLE_RATE
+    assert not np.array_equal(old, new)
+
+
+def test_the_same_audio_under_two_names_is_encoded_once(dirs):
+    store = new_store(dirs)
+    store.add_upload("first", tone(), None, None)
+    store.add_upload("second", tone(), None, None)
+    encode = CountingEncoder()
+    store.cached_codes("first", "tok", encode)
+    store.cached_codes("second", "tok", encode)
+    assert encode.calls == 1
+
+
+def test_codes_in_memory_are_bounded(dirs, monkeypatch):
+    monkeypatch.setattr("higgs_runtime.voices.MAX_CACHED_CODES", 2)
+    store = new_store(dirs)
+    encode = CountingEncoder()
+    for name in ("en_man", "belinda", "chadwick"):
+        store.cached_codes(name, "tok", encode)
+    assert len(store._codes) == 2
+    store.cached_codes("en_man", "tok", encode)  # evicted from memory, read back from disk
+    assert encode.calls == 3
+
+
+def test_a_voice_deleted_while_it_is_encoded_leaves_its_name_free(dirs):
+    here, there = new_store(dirs), new_store(dirs)
+    here.add_upload("brief", tone(), None, None)
+
+    def encode_while_deleted(audio):
+        there.delete("brief")
+        return np.zeros((8, 4), dtype=np.int64)
+
+    here.cached_codes("brief", "tok", encode_while_deleted)
+    assert not (dirs[1] / "brief").exists()
+    there.add_upload("brief", tone(2.0), None, None)
+    assert here.get("brief").duration == 2.0
