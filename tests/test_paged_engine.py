@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -68,6 +69,16 @@ def test_a_rows_attention_is_bit_identical_whatever_its_neighbours():
     assert torch.equal(alone, crowded[:1])
 
 
+@contextlib.contextmanager
+def running_engine(*args, **kwargs):
+    engine = Scheduler(*args, **kwargs)
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
 def plain_prompt(tiny_model, text="Hello there, this is a test."):
     return prompts.tokenize(prompts.plain_messages(text, None), [], tiny_model.tokenizer, tiny_model.config)
 
@@ -82,10 +93,8 @@ def test_a_request_waits_for_kv_blocks_instead_of_failing(tiny_model):
     frames = 2 * BLOCK_SIZE
     needed = blocks_for(prompt.num_tokens + frames)
     # Room for one such request at a time, though two slots are free.
-    engine = Scheduler(tiny_model.model, max_batch_size=2, max_queue_size=2, max_seq_len=needed * BLOCK_SIZE,
-                       kv_cache_tokens=needed * BLOCK_SIZE)
-    engine.start()
-    try:
+    with running_engine(tiny_model.model, max_batch_size=2, max_queue_size=2, max_seq_len=needed * BLOCK_SIZE,
+                        kv_cache_tokens=needed * BLOCK_SIZE) as engine:
         first, second = engine.submit(request(prompt, frames, seed=1)), engine.submit(request(prompt, frames, seed=2))
         loads = []
         while not second.done:
@@ -94,8 +103,6 @@ def test_a_request_waits_for_kv_blocks_instead_of_failing(tiny_model):
                 assert first.done, "the second request started before the first freed its blocks"
             time.sleep(0.002)
         results = [first.result(60), second.result(60)]
-    finally:
-        engine.stop()
     assert [r.finish_reason for r in results] == ["length", "length"]
     assert [r.steps for r in results] == [frames, frames]
     assert max(load.running for load in loads) == 1
@@ -113,17 +120,13 @@ def test_a_request_that_can_never_fit_is_refused_at_once(tiny_model):
 def test_blocks_follow_the_live_length(tiny_model):
     """A request takes blocks as it grows, not its whole reservation at once."""
     prompt = plain_prompt(tiny_model)
-    engine = Scheduler(tiny_model.model, max_batch_size=1, max_queue_size=1, max_seq_len=4096)
-    engine.start()
-    try:
+    with running_engine(tiny_model.model, max_batch_size=1, max_queue_size=1, max_seq_len=4096) as engine:
         handle = engine.submit(request(prompt, 1000))
         while handle.steps < 10:
             time.sleep(0.002)
         used_early = engine.load.kv_blocks_used
         handle.cancel()
         handle.result(30)
-    finally:
-        engine.stop()
     assert used_early <= blocks_for(prompt.num_tokens + 20) < blocks_for(prompt.num_tokens + 1000)
 
 
@@ -171,17 +174,13 @@ def test_greedy_output_equals_generate_with_chunked_prefill_and_a_cached_prefix(
 
     prompt = clone_prompt(tiny_model, reference_clips)
     expected = reference_generate(tiny_model.model, prompt, max_new_tokens=60, ras=False)
-    engine = Scheduler(tiny_model.model, max_batch_size=2, max_queue_size=2, max_seq_len=1024,
-                       ras=RepetitionAware(window=0), prefill_chunk_tokens=64)
-    engine.start()
-    try:
+    with running_engine(tiny_model.model, max_batch_size=2, max_queue_size=2, max_seq_len=1024,
+                        ras=RepetitionAware(window=0), prefill_chunk_tokens=64) as engine:
         greedy = GenerationRequest(prompt, SamplingParams(temperature=0.0), 60, 10**9, 60)
         uncached = engine.submit(greedy).result(60)
         hits_before = engine.load.prefix_hit_blocks
         cached = engine.submit(greedy).result(60)
         reused = engine.load.prefix_hit_blocks - hits_before
-    finally:
-        engine.stop()
     assert prompt.num_tokens > 2 * 64  # three chunks
     assert reused == (prompt.num_tokens - 1) // 64
     assert np.array_equal(uncached.frames, expected) and np.array_equal(cached.frames, expected)
@@ -189,16 +188,12 @@ def test_greedy_output_equals_generate_with_chunked_prefill_and_a_cached_prefix(
 
 def test_a_cached_prefix_gives_the_same_sampled_audio(tiny_model, reference_clips):
     prompt = clone_prompt(tiny_model, reference_clips, seconds=8)
-    engine = Scheduler(tiny_model.model, max_batch_size=2, max_queue_size=2, max_seq_len=1024)
-    engine.start()
-    try:
+    with running_engine(tiny_model.model, max_batch_size=2, max_queue_size=2, max_seq_len=1024) as engine:
         first = engine.submit(request(prompt, 40, seed=7)).result(60)
         second = engine.submit(request(prompt, 40, seed=7)).result(60)
         other_text = clone_prompt(tiny_model, reference_clips, text="Another sentence entirely.", seconds=8)
         third = engine.submit(request(other_text, 40, seed=7)).result(60)
         load = engine.load
-    finally:
-        engine.stop()
     assert np.array_equal(first.frames, second.frames)
     assert not np.array_equal(first.frames, third.frames)
     shared_chunks = (prompt.num_tokens - 1) // 128
@@ -208,10 +203,8 @@ def test_a_cached_prefix_gives_the_same_sampled_audio(tiny_model, reference_clip
 
 def test_running_streams_keep_decoding_while_a_long_prompt_is_prefilled(tiny_model, reference_clips):
     long_prompt = clone_prompt(tiny_model, reference_clips, seconds=30)
-    engine = Scheduler(tiny_model.model, max_batch_size=2, max_queue_size=2, max_seq_len=2048,
-                       prefill_chunk_tokens=64)
-    engine.start()
-    try:
+    with running_engine(tiny_model.model, max_batch_size=2, max_queue_size=2, max_seq_len=2048,
+                        prefill_chunk_tokens=64) as engine:
         stream = engine.submit(request(plain_prompt(tiny_model), 2000))
         while stream.steps < 5:
             time.sleep(0.002)
@@ -222,8 +215,6 @@ def test_running_streams_keep_decoding_while_a_long_prompt_is_prefilled(tiny_mod
         steps_during_prefill = stream.steps - steps_at_arrival
         stream.cancel()
         arrival.result(60)
-    finally:
-        engine.stop()
     chunks = -(-long_prompt.num_tokens // 64)
     assert long_prompt.num_tokens > 700 and steps_during_prefill >= chunks - 2
 
@@ -248,28 +239,20 @@ def test_idle_prefixes_are_bounded_and_evicted_least_recently_used():
 
 def test_requests_for_one_voice_arriving_together_share_its_prefix(tiny_model, reference_clips):
     prompt = clone_prompt(tiny_model, reference_clips, seconds=8)
-    engine = Scheduler(tiny_model.model, max_batch_size=4, max_queue_size=4, max_seq_len=1024)
-    engine.start()
-    try:
+    with running_engine(tiny_model.model, max_batch_size=4, max_queue_size=4, max_seq_len=1024) as engine:
         handles = [engine.submit(request(prompt, 20, seed=seed)) for seed in range(4)]
         results = [handle.result(60) for handle in handles]
         reused = engine.load.prefix_hit_blocks
-    finally:
-        engine.stop()
     assert [r.steps for r in results] == [20] * 4
     assert reused == 3 * ((prompt.num_tokens - 1) // 128) * 2  # the three later ones each
 
 
 def test_a_queued_request_times_out_while_others_run(tiny_model):
     prompt = plain_prompt(tiny_model)
-    engine = Scheduler(tiny_model.model, max_batch_size=1, max_queue_size=2, max_seq_len=1024)
-    engine.start()
-    try:
+    with running_engine(tiny_model.model, max_batch_size=1, max_queue_size=2, max_seq_len=1024) as engine:
         running = engine.submit(request(prompt, 900))
         queued = engine.submit(GenerationRequest(prompt, SamplingParams(seed=1), 10, 10**9, timeout_s=0.3))
         result = queued.result(5)  # long before the running request ends
         assert not running.done
         running.cancel()
-    finally:
-        engine.stop()
     assert result.finish_reason == "timeout"
