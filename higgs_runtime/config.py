@@ -153,12 +153,10 @@ class Settings:
         return self.data_dir / "presets"
 
     @property
-    def kv_budget_tokens(self) -> int:
-        return self.kv_cache_tokens or self.max_batch_size * self.max_seq_len
-
-    @property
-    def prefix_cache_budget_tokens(self) -> int:
-        return self.kv_budget_tokens // 2 if self.prefix_cache_tokens < 0 else self.prefix_cache_tokens
+    def engine_cache_sizes(self) -> dict[str, int | None]:
+        """The KV budget and the idle prefix bound as the engine takes them (None: its default)."""
+        return {"kv_cache_tokens": self.kv_cache_tokens or None,
+                "prefix_cache_tokens": None if self.prefix_cache_tokens < 0 else self.prefix_cache_tokens}
 
     @property
     def is_random_preset(self) -> bool:

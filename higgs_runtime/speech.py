@@ -119,10 +119,9 @@ class Synthesizer:
         self.reference_clips = ClipCodes(self.codec)
         self.audio_decoder = CodecDecodeBatcher(self.codec)
         self.scheduler = Scheduler(loaded.model, settings.max_batch_size, settings.max_queue_size,
-                                   settings.max_seq_len, settings.kv_budget_tokens,
-                                   RepetitionAware(settings.ras_window, settings.ras_max_repeat),
-                                   settings.cuda_graphs, settings.prefill_chunk_tokens,
-                                   settings.prefix_cache_budget_tokens, on_load_change)
+                                   settings.max_seq_len, ras=RepetitionAware(settings.ras_window, settings.ras_max_repeat),
+                                   cuda_graphs=settings.cuda_graphs, prefill_chunk_tokens=settings.prefill_chunk_tokens,
+                                   on_load_change=on_load_change, **settings.engine_cache_sizes)
         self.scheduler.start()
 
     def close(self) -> None:
