@@ -280,7 +280,10 @@ class HiggsAudio:
             raise ApiError(413, f"file is larger than the limit of {settings.max_upload_bytes // (1024 * 1024)} MiB")
         clip = await _in_thread(functools.partial(decode_audio, data, min_seconds=settings.min_reference_seconds,
                                                   max_seconds=settings.max_reference_seconds))
-        return _voice_info(self.voices.add_upload(name, clip, description, transcript))
+        voice = self.voices.add_upload(name, clip, description, transcript)
+        if self.synthesizer is not None:  # encoded now rather than by the voice's first request (or later, once loaded)
+            await _in_thread(self.synthesizer.voice_codes, name)
+        return _voice_info(voice)
 
     # --- the OpenAI-compatible route ---
     @http_app.post("/v1/audio/speech")

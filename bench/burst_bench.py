@@ -4,13 +4,14 @@ listeners, how soon do the arrivals hear audio, and what does batched codec deco
     python bench/burst_bench.py            # small-random on this CPU, default settings
     python bench/burst_bench.py --preset tiny-random
 
-For each server configuration ("after": the defaults, chunked prefill and the prefix cache; "before":
-whole prompts prefilled at once, no prefix cache), in the same run:
+For each server configuration ("after": the defaults, chunked and paced prefill and the prefix cache;
+"before": whole prompts prefilled at once, unpaced, no prefix cache), in the same run:
 1. a plain request alone, then a named-voice clone request alone twice (first and repeated use of a
    30 s reference voice) and a one-off `ref_audio` clone: time to first audio;
 2. 4 streams running (`/v1/audio/speech`, pcm), then 8 named-voice clone requests at once: the
-   running streams' largest gap between audio chunks during the burst, the arrivals' first audio,
-   and aggregate audio-seconds per second.
+   running streams' largest gap between audio chunks during the burst, how long a player of each
+   running stream (playing from its first audio on) would wait for audio, the arrivals' first
+   audio, and aggregate audio-seconds per second.
 Then, in this process, the codec: 16 streams' decode windows one at a time against one batched call.
 """
 
@@ -40,6 +41,7 @@ RUNNING_TEXT = ("A listener keeps hearing this long paragraph while other reques
                 "keep flowing without a stall. ") * 2
 ARRIVAL_TEXT = "A new voice joins the conversation."
 CHUNK_SECONDS = 1.0  # audio in one streamed chunk after the first (HIGGS_STREAM_CHUNK_FRAMES = 25)
+PCM_BYTES_PER_SECOND = 2 * 24000
 
 
 def reference_wav() -> tuple[bytes, str]:
@@ -51,10 +53,23 @@ def reference_wav() -> tuple[bytes, str]:
 
 
 def stream(url: str, text: str, frames: int, seed: int, **voice) -> dict:
-    """One /v1/audio/speech pcm stream: first audio, chunk times, audio seconds."""
-    started, times, size = stream_pcm(url, {"model": "tts-1", "input": text, "seed": seed,
-                                            "max_new_tokens": frames, "temperature": 0.7, **voice})
-    return {"first": times[0] - started, "times": times, "seconds": size / 2 / 24000, "started": started}
+    """One /v1/audio/speech pcm stream: first audio, chunk times and sizes, audio seconds."""
+    started, times, sizes = stream_pcm(url, {"model": "tts-1", "input": text, "seed": seed,
+                                             "max_new_tokens": frames, "temperature": 0.7, **voice})
+    return {"first": times[0] - started, "times": times, "sizes": sizes, "seconds": sum(sizes) / PCM_BYTES_PER_SECOND,
+            "started": started}
+
+
+def playback_stall(listener: dict, start: float, end: float) -> float:
+    """Seconds between `start` and `end` that a player of the stream, started at its first audio and
+    playing on without pausing, spends waiting for audio that has not arrived."""
+    stalled, runs_dry = 0.0, listener["times"][0]
+    for arrival, size in zip(listener["times"], listener["sizes"]):
+        if arrival > runs_dry:
+            stalled += max(0.0, min(arrival, end) - max(runs_dry, start))
+            runs_dry = arrival
+        runs_dry += size / PCM_BYTES_PER_SECOND
+    return stalled
 
 
 def measure(preset: str, label: str, env: dict[str, str], frames: int) -> dict:
@@ -92,6 +107,7 @@ def measure(preset: str, label: str, env: dict[str, str], frames: int) -> dict:
         audio = sum(x["seconds"] for x in arrived + listeners)
         wall = max(x["times"][-1] for x in arrived + listeners) - min(x["started"] for x in listeners)
         return {"label": label, "alone": alone, "largest gap": max(gaps, default=0.0),
+                "stall": max(playback_stall(listener, burst_started, burst_ended) for listener in listeners),
                 "arrival first p50": statistics.median(a["first"] for a in arrived),
                 "arrival first max": max(a["first"] for a in arrived), "audio_s_per_s": audio / wall}
     finally:
@@ -135,18 +151,19 @@ def main() -> None:
     args = parser.parse_args()
     configs = [("after (defaults)", {}),
                ("before (whole-prompt prefill, no prefix cache)",
-                {"HIGGS_PREFILL_CHUNK_TOKENS": "4096", "HIGGS_PREFIX_CACHE_TOKENS": "0"})]
+                {"HIGGS_PREFILL_CHUNK_TOKENS": "4096", "HIGGS_PREFILL_PACING": "false",
+                 "HIGGS_PREFIX_CACHE_TOKENS": "0"})]
     results = [measure(args.preset, label, env, args.frames) for label, env in configs]
     print(f"preset {args.preset} | CPU | {REFERENCE_SECONDS:.0f} s reference voice | a streamed chunk carries "
           f"{CHUNK_SECONDS:.0f} s of audio\n")
     print("| configuration | plain, first audio (s) | named voice first use (s) | named voice repeated (s) "
-          "| one-off ref_audio (s) | burst: running streams' largest gap (s) | burst: arrivals' first audio "
-          "p50 / max (s) | audio-s per s |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| one-off ref_audio (s) | burst: running streams' largest gap (s) | burst: running streams' playback "
+          "stall (s) | burst: arrivals' first audio p50 / max (s) | audio-s per s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         a = r["alone"]
         print(f"| {r['label']} | {a['plain']:.2f} | {a['named voice, first use']:.2f} | {a['named voice, repeated']:.2f} "
-              f"| {a['one-off ref_audio']:.2f} | {r['largest gap']:.2f} | {r['arrival first p50']:.2f} / "
+              f"| {a['one-off ref_audio']:.2f} | {r['largest gap']:.2f} | {r['stall']:.2f} | {r['arrival first p50']:.2f} / "
               f"{r['arrival first max']:.2f} | {r['audio_s_per_s']:.2f} |")
     after = results[0]["alone"]
     print(f"\n- repeated named-voice clone / plain, first audio: {after['named voice, repeated'] / after['plain']:.2f}x")

@@ -22,11 +22,11 @@ TEXT = ("A streaming benchmark reads this paragraph aloud, one sentence after an
 
 def one_stream(url: str, voice: str | None, seed: int, frames: int) -> tuple[float, float, float, int]:
     """(first byte s, largest gap between chunks s, total s, bytes)."""
-    started, arrivals, size = stream_pcm(url, {"model": "tts-1", "input": TEXT, "voice": voice, "seed": seed,
+    started, arrivals, sizes = stream_pcm(url, {"model": "tts-1", "input": TEXT, "voice": voice, "seed": seed,
                                                "max_new_tokens": frames})
     total = time.perf_counter() - started
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])] or [0.0]
-    return arrivals[0] - started, max(gaps), total, size
+    return arrivals[0] - started, max(gaps), total, sum(sizes)
 
 
 def main() -> None:

@@ -48,15 +48,15 @@ class BenchServer:
         self.process.wait(timeout=60)
 
 
-def stream_pcm(url: str, body: dict) -> tuple[float, list[float], int]:
-    """POSTs a `/v1/audio/speech` body (pcm) and reads the stream: (start time, each chunk's arrival
-    time, bytes), times from time.perf_counter()."""
-    started, arrivals, size = time.perf_counter(), [], 0
+def stream_pcm(url: str, body: dict) -> tuple[float, list[float], list[int]]:
+    """POSTs a `/v1/audio/speech` body (pcm) and reads the stream: (start time, each piece's arrival
+    time, its bytes), times from time.perf_counter()."""
+    started, arrivals, sizes = time.perf_counter(), [], []
     with requests.post(url + "/v1/audio/speech", json={**body, "response_format": "pcm"}, stream=True,
                        timeout=900) as response:
         response.raise_for_status()
         for chunk in response.iter_content(chunk_size=None):
             if chunk:
                 arrivals.append(time.perf_counter())
-                size += len(chunk)
-    return started, arrivals, size
+                sizes.append(len(chunk))
+    return started, arrivals, sizes

@@ -17,14 +17,17 @@ class Codec:
         self.device = device
         self.codebook_size = model.config.codebook_size
         self.samples_per_frame = model.config.hop_length
-        # One codec call at a time: concurrent calls would only fight over the same cores.
-        self._lock = threading.Lock()
+        # One encode and one decode at a time: more would only fight over the same cores. Separate
+        # locks, because encoding a long reference clip takes as long as decoding seconds of audio for
+        # dozens of streams, and the streams must not wait for it (encoder and decoder share no state).
+        self._encode_lock = threading.Lock()
+        self._decode_lock = threading.Lock()
 
     @torch.inference_mode()
     def encode(self, samples: np.ndarray) -> np.ndarray:
         """24 kHz mono float32 -> codes (codebooks, frames)."""
         audio = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)).to(self.device)[None, None]
-        with self._lock:
+        with self._encode_lock:
             codes = self.model.encode(audio).audio_codes
         return codes[0].cpu().numpy().astype(np.int64)
 
@@ -34,7 +37,7 @@ class Codec:
         if codes.shape[1] == 0:
             return np.zeros(0, dtype=np.float32)
         tensor = torch.from_numpy(codes).to(self.device)[None]
-        with self._lock:
+        with self._decode_lock:
             audio = self.model.decode(tensor).audio_values
         return audio[0, 0].float().cpu().numpy()
 
@@ -49,7 +52,7 @@ class Codec:
         tensor = torch.from_numpy(padded)
         if self.device.type == "cuda":
             tensor = tensor.pin_memory()
-        with self._lock:
+        with self._decode_lock:
             audio = self.model.decode(tensor.to(self.device, non_blocking=True)).audio_values[:, 0].float()
         audio = audio.cpu().numpy()
         return [audio[index, :clip.shape[1] * self.samples_per_frame] for index, clip in enumerate(clips)]

@@ -76,6 +76,9 @@ class Settings:
     # Prompts are prefilled in chunks of this many tokens (a multiple of 64), about one chunk's worth
     # between two decoding steps: arrivals never stall running streams longer.
     prefill_chunk_tokens: int = 128
+    # Prefill waits while it would make a running stream's latest chunk (stream_chunk_frames) of frames
+    # take longer than the audio it carries: listeners never stall, arrivals start a little later.
+    prefill_pacing: bool = True
     # Idle cached prompt prefixes (voices) kept at most, in tokens (-1: half the KV budget; 0: no prefix cache).
     prefix_cache_tokens: int = -1
     ras_window: int = 7

@@ -23,6 +23,7 @@ from .codec import ClipCodes, Codec
 from .codec_batching import CodecDecodeBatcher
 from .config import Settings
 from .engine.delay_pattern import undo_delay_pattern
+from .engine.prefill_pacing import PrefillPacer
 from .engine.requests import GenerationRequest, GenerationResult, RequestHandle
 from .engine.sampling import RepetitionAware, SamplingParams
 from .engine.scheduler import Scheduler
@@ -121,6 +122,8 @@ class Synthesizer:
         self.scheduler = Scheduler(loaded.model, settings.max_batch_size, settings.max_queue_size,
                                    settings.max_seq_len, ras=RepetitionAware(settings.ras_window, settings.ras_max_repeat),
                                    cuda_graphs=settings.cuda_graphs, prefill_chunk_tokens=settings.prefill_chunk_tokens,
+                                   prefill_pacer=PrefillPacer(settings.stream_chunk_frames if settings.prefill_pacing else 0,
+                                                              FRAMES_PER_SECOND),
                                    on_load_change=on_load_change, **settings.engine_cache_sizes)
         self.scheduler.start()
 

@@ -237,10 +237,12 @@ def upload(base_url: str, data: bytes, filename: str, **fields) -> requests.Resp
     return requests.post(base_url + "/upload-voice", files={"file": (filename, data)}, data=fields, timeout=60)
 
 
-def test_uploaded_voice_is_listed_and_usable_at_once(base_url):
+def test_uploaded_voice_is_listed_and_usable_at_once(base_url, server_data_dir):
     response = upload(base_url, clip_bytes("chadwick", "FLAC", seconds=5), "narrator.flac",
                       name="narrator_1", description="Deep narrator", transcript="Oh dear, who left all this junk")
     assert response.status_code == 200, response.text
+    # Encoded by the upload, so the voice's first request does not wait for it.
+    assert len(list((server_data_dir / "voices" / "narrator_1").glob("codes-*.npy"))) == 1
     voice = response.json()
     assert voice["name"] == "narrator_1" and voice["kind"] == "uploaded" and voice["description"] == "Deep narrator"
     assert abs(voice["duration"] - 5) < 0.05

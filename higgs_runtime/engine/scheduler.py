@@ -3,6 +3,9 @@ requests into free slots, prefills about `prefill_chunk_tokens` prompt tokens (s
 stall running streams for long), decodes one frame for every running request, and finishes requests
 the moment they end, while the others go on.
 
+Prefill rounds are paced (`prefill_pacing.PrefillPacer`): a round waits while it would make a running
+stream's latest chunk of frames take longer than the audio it carries.
+
 Admission is first come, first served and bounded twice: by free slots (rows of the batch) and by
 KV blocks (a request is admitted only when the blocks it could ever need can be reserved, so it
 never fails half-way; until then it waits in the queue). A prompt that starts like an earlier one
@@ -18,6 +21,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +31,7 @@ from .batched_model import BatchedModel, bucket
 from .decode_step import DecodeStep
 from .kv_cache import LiveBlocks
 from .paged_attention import BLOCK_SIZE
+from .prefill_pacing import FrameTimes, PrefillPacer
 from .prefix_cache import block_hashes
 from .requests import GenerationRequest, QueueFull, RequestHandle, RequestTooLarge
 from .sampling import RepetitionAware, SlotSampler, top_k_bucket
@@ -49,6 +54,7 @@ class _Running:
     handle: RequestHandle
     slot: int
     cached_tokens: int  # positions in the KV cache
+    frame_times: FrameTimes  # when its latest frames reached the host
     prefix_looked_up: bool = False
     audio_ending: bool = False  # a codebook has emitted stream-end
 
@@ -57,12 +63,14 @@ class Scheduler:
     def __init__(self, model, max_batch_size: int, max_queue_size: int, max_seq_len: int,
                  kv_cache_tokens: int | None = None, ras: RepetitionAware = RepetitionAware(),
                  cuda_graphs: bool = True, prefill_chunk_tokens: int = 128, prefix_cache_tokens: int | None = None,
-                 on_load_change=None):
+                 prefill_pacer: PrefillPacer | None = None, on_load_change=None):
         """`kv_cache_tokens` is the KV budget shared by all requests (default: max_batch_size x max_seq_len);
-        `prefix_cache_tokens` bounds idle cached prompt prefixes (default: half the budget)."""
+        `prefix_cache_tokens` bounds idle cached prompt prefixes (default: half the budget); without a
+        `prefill_pacer` prefill is not paced."""
         self.batched = BatchedModel(model, max_batch_size, max_seq_len, kv_cache_tokens or max_batch_size * max_seq_len,
                                     prefix_cache_tokens)
         self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.pacer = prefill_pacer or PrefillPacer(window_frames=0, frames_per_second=1)
         self.config = model.config
         self.device = self.batched.device
         self.sampler = SlotSampler(max_batch_size, self.config.num_codebooks, self.config.codebook_size,
@@ -141,7 +149,9 @@ class Scheduler:
                     break
             try:
                 self._admit()
-                self._prefill_chunks()
+                if self._prefilling and self.pacer.may_prefill((r.frame_times for r in self._running),
+                                                               time.perf_counter()):
+                    self._prefill_chunks()
                 self._report_load()
                 if self._running:
                     self._decode_step()
@@ -173,7 +183,7 @@ class Scheduler:
                     return
                 self._waiting.popleft()
                 self._free_slots.pop()
-            self._prefilling.append(_Running(handle, slot, cached_tokens=0))
+            self._prefilling.append(_Running(handle, slot, cached_tokens=0, frame_times=self.pacer.frame_times()))
 
     def _start_from_cached_prefix(self, running: _Running) -> None:
         """Looked up when the request's prefill begins, so it finds what requests ahead of it (the same
@@ -190,7 +200,7 @@ class Scheduler:
         """Prefills whole chunks, oldest admission first, until about `prefill_chunk_tokens` tokens were
         computed (at least one chunk); a request whose prompt is all in the cache draws its first frame
         and joins the decoding batch."""
-        budget = self.prefill_chunk_tokens
+        budget, started = self.prefill_chunk_tokens, time.perf_counter()
         while self._prefilling:
             running = self._prefilling[0]
             handle, prompt = running.handle, running.handle.request.prompt
@@ -203,7 +213,7 @@ class Scheduler:
             start = running.cached_tokens
             end = min(prompt.num_tokens, start + self.prefill_chunk_tokens)
             if end - start > budget:
-                return
+                break
             self.batched.cache.ensure(running.slot, end)
             audio = torch.from_numpy(prompt.audio_frames)
             logits = self.batched.prefill(running.slot, prompt.input_ids, audio, start, end)
@@ -212,6 +222,10 @@ class Scheduler:
                 self._prefilling.popleft()
                 self.batched.cache.remember_prefix(running.slot, handle.prefix_names)
                 self._start_decoding(running, logits, audio)
+        if budget < self.prefill_chunk_tokens:
+            if self.device.type == "cuda":  # the time of the work, not of its launch
+                torch.cuda.synchronize(self.device)
+            self.pacer.prefill_took(time.perf_counter() - started)
 
     def _start_decoding(self, running: _Running, logits: torch.Tensor, prompt_audio: torch.Tensor) -> None:
         request, slot = running.handle.request, running.slot
@@ -226,6 +240,7 @@ class Scheduler:
         self._continue_or_finish(running, frames[0].cpu().numpy())
 
     def _decode_step(self) -> None:
+        started = time.perf_counter()
         batch = list(self._running)
         cache = self.batched.cache
         padding = bucket(len(batch), self.device, self.max_batch_size) - len(batch)
@@ -240,6 +255,7 @@ class Scheduler:
             self._live = cache.live_blocks(slots, [r.cached_tokens + 1 for r in batch] + [1] * padding)
         frames = self.step(self._batch_slots, self._live, self._top_k)
         on_host = frames[:len(batch)].cpu().numpy()  # the step's one device-to-host copy
+        self.pacer.decode_took(time.perf_counter() - started)
         for running, host_frame in zip(batch, on_host):
             running.cached_tokens += 1
             self._continue_or_finish(running, host_frame)
@@ -247,6 +263,7 @@ class Scheduler:
     def _continue_or_finish(self, running: _Running, host_frame: np.ndarray) -> None:
         handle, request = running.handle, running.handle.request
         handle.steps += 1
+        running.frame_times.append(time.perf_counter())
         ended = host_frame == self.config.audio_stream_eos_id
         running.audio_ending |= bool(ended.any())
         if ended.all():
