@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import torch
 
+from .cpu_threads import use_one_core
 
 
 class Codec:
@@ -23,11 +24,16 @@ class Codec:
         self._encode_lock = threading.Lock()
         self._decode_lock = threading.Lock()
 
+    def _beside_the_engine(self) -> None:
+        if self.device.type == "cpu":  # see cpu_threads
+            use_one_core()
+
     @torch.inference_mode()
     def encode(self, samples: np.ndarray) -> np.ndarray:
         """24 kHz mono float32 -> codes (codebooks, frames)."""
         audio = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)).to(self.device)[None, None]
         with self._encode_lock:
+            self._beside_the_engine()
             codes = self.model.encode(audio).audio_codes
         return codes[0].cpu().numpy().astype(np.int64)
 
@@ -38,6 +44,7 @@ class Codec:
             return np.zeros(0, dtype=np.float32)
         tensor = torch.from_numpy(codes).to(self.device)[None]
         with self._decode_lock:
+            self._beside_the_engine()
             audio = self.model.decode(tensor).audio_values
         return audio[0, 0].float().cpu().numpy()
 
@@ -53,6 +60,7 @@ class Codec:
         if self.device.type == "cuda":
             tensor = tensor.pin_memory()
         with self._decode_lock:
+            self._beside_the_engine()
             audio = self.model.decode(tensor.to(self.device, non_blocking=True)).audio_values[:, 0].float()
         audio = audio.cpu().numpy()
         return [audio[index, :clip.shape[1] * self.samples_per_frame] for index, clip in enumerate(clips)]

@@ -81,3 +81,22 @@ def test_a_paced_arrival_starts_later_with_the_same_audio(tiny_model, reference_
     assert paced_steps >= 4 * (chunks - 1) > unpaced_steps  # three decode-only steps before each round
     assert paced.finish_reason == unpaced.finish_reason == "length"
     assert np.array_equal(paced.frames, unpaced.frames)
+
+
+def test_a_follow_up_overtakes_waiting_arrivals_and_is_never_paced(tiny_model):
+    """Its own listener is waiting for it. Here pacing holds every other prefill while a stream runs."""
+    pacer = PrefillPacer(window_frames=1, frames_per_second=1e9, max_deferred_steps=10**9)
+    prompt = plain_prompt(tiny_model)
+    with running_engine(tiny_model.model, max_batch_size=3, max_queue_size=3, max_seq_len=2048,
+                        prefill_pacer=pacer) as engine:
+        stream = engine.submit(request(prompt, 2000))
+        while stream.steps < 5:
+            time.sleep(0.002)
+        arrival = engine.submit(request(prompt, 10, seed=1))
+        follow_up = engine.submit(request(prompt, 2000, seed=2), follow_up=True)
+        while follow_up.steps < 5:
+            time.sleep(0.002)
+        assert arrival.steps == 0  # still held by the pacer
+        stream.cancel()
+        follow_up.cancel()
+        assert arrival.result(60).finish_reason == "length"  # nothing left to protect: it runs

@@ -56,6 +56,7 @@ class RequestHandle:
 
     request: GenerationRequest
     prefix_names: list = field(default_factory=list)  # names of the prompt's full KV blocks (prefix cache)
+    follow_up: bool = False  # the next text chunk of a request already streaming
     submitted_at: float = field(default_factory=time.monotonic)
     steps: int = 0
     _frames: list = field(default_factory=list)

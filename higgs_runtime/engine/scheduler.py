@@ -4,7 +4,9 @@ stall running streams for long), decodes one frame for every running request, an
 the moment they end, while the others go on.
 
 Prefill rounds are paced (`prefill_pacing.PrefillPacer`): a round waits while it would make a running
-stream's latest chunk of frames take longer than the audio it carries.
+stream's latest chunk of frames take longer than the audio it carries. A follow-up (the next text
+chunk of a request already streaming) goes ahead of new arrivals in the queue and in prefill, and is
+never paced: its own listener is waiting for it.
 
 Admission is first come, first served and bounded twice: by free slots (rows of the batch) and by
 KV blocks (a request is admitted only when the blocks it could ever need can be reserved, so it
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..cpu_threads import use_all_cores
 from .batched_model import BatchedModel, bucket
 from .decode_step import DecodeStep
 from .kv_cache import LiveBlocks
@@ -111,7 +114,8 @@ class Scheduler:
             raise RequestTooLarge(f"the prompt is {request.prompt.num_tokens} tokens long; the engine's limit per "
                                   f"request is {self.max_seq_len} tokens (prompt and audio together)")
         prompt = request.prompt
-        handle = RequestHandle(request, block_hashes(prompt.input_ids, prompt.audio_frames, self.batched.audio_token_ids))
+        handle = RequestHandle(request, block_hashes(prompt.input_ids, prompt.audio_frames, self.batched.audio_token_ids),
+                               follow_up=follow_up)
         with self._wakeup:
             if follow_up:
                 self._waiting.appendleft(handle)
@@ -141,6 +145,8 @@ class Scheduler:
             self._on_load_change(load)
 
     def _loop(self) -> None:
+        if self.device.type == "cpu":  # see cpu_threads
+            use_all_cores()
         while True:
             with self._wakeup:
                 self._report_load()
@@ -149,8 +155,10 @@ class Scheduler:
                     break
             try:
                 self._admit()
-                if self._prefilling and self.pacer.may_prefill((r.frame_times for r in self._running),
-                                                               time.perf_counter()):
+                if self._prefilling and self._prefilling[0].handle.follow_up:
+                    self._prefill_chunks(follow_ups_only=True)
+                elif self._prefilling and self.pacer.may_prefill((r.frame_times for r in self._running),
+                                                                 time.perf_counter()):
                     self._prefill_chunks()
                 self._report_load()
                 if self._running:
@@ -183,7 +191,10 @@ class Scheduler:
                     return
                 self._waiting.popleft()
                 self._free_slots.pop()
-            self._prefilling.append(_Running(handle, slot, cached_tokens=0, frame_times=self.pacer.frame_times()))
+            running = _Running(handle, slot, cached_tokens=0, frame_times=self.pacer.frame_times())
+            # Follow-ups lead the prefill queue, in their own order.
+            leading = sum(1 for r in self._prefilling if r.handle.follow_up) if handle.follow_up else len(self._prefilling)
+            self._prefilling.insert(leading, running)
 
     def _start_from_cached_prefix(self, running: _Running) -> None:
         """Looked up when the request's prefill begins, so it finds what requests ahead of it (the same
@@ -196,14 +207,16 @@ class Scheduler:
         self.batched.cache.share(running.slot, cached)
         running.cached_tokens = len(cached) * BLOCK_SIZE
 
-    def _prefill_chunks(self) -> None:
-        """Prefills whole chunks, oldest admission first, until about `prefill_chunk_tokens` tokens were
-        computed (at least one chunk); a request whose prompt is all in the cache draws its first frame
-        and joins the decoding batch."""
+    def _prefill_chunks(self, follow_ups_only: bool = False) -> None:
+        """Prefills whole chunks, follow-ups first, then oldest admission first, until about
+        `prefill_chunk_tokens` tokens were computed (at least one chunk); a request whose prompt is all
+        in the cache draws its first frame and joins the decoding batch."""
         budget, started = self.prefill_chunk_tokens, time.perf_counter()
         while self._prefilling:
             running = self._prefilling[0]
             handle, prompt = running.handle, running.handle.request.prompt
+            if follow_ups_only and not handle.follow_up:
+                break
             if handle.cancelled or handle.expired:
                 self._finish(running, "cancelled" if handle.cancelled else "timeout")
                 continue
