@@ -18,7 +18,7 @@ def stream_with_frames(pacer: PrefillPacer, times: list[float]):
 
 
 def test_a_round_runs_only_while_every_streams_window_still_fits():
-    pacer = PrefillPacer(window_frames=25, frames_per_second=25)  # 1 s of audio per window, 0.9 s budget
+    pacer = PrefillPacer(window_frames=25, frames_per_second=25, share=0.9)  # 1 s of audio per window, 0.9 s budget
     pacer.decode_took(0.02)
     pacer.prefill_took(0.1)
     steady = stream_with_frames(pacer, [10.0 + 0.03 * frame for frame in range(40)])  # 1.2x realtime
@@ -33,7 +33,7 @@ def test_a_round_runs_only_while_every_streams_window_still_fits():
 
 
 def test_measured_costs_decide():
-    pacer = PrefillPacer(window_frames=25, frames_per_second=25)
+    pacer = PrefillPacer(window_frames=25, frames_per_second=25, share=0.9)
     stream = stream_with_frames(pacer, [0.0])
     assert pacer.may_prefill([stream], now=0.85)  # nothing measured yet
     pacer.prefill_took(0.2)

@@ -8,10 +8,11 @@ starve every running stream for over a second.
 
 So before each round of prefill the scheduler asks the pacer. The round runs only if, for every
 running stream, the frames of its latest window plus the round's predicted cost and one decoding
-step still fit within `margin` of the window's audio duration; otherwise the step decodes only and
-the prefill waits for the streams to gain a lead. Costs are moving averages of measured times. When
-decoding alone is slower than realtime no lead ever builds up, so a round deferred
-`max_deferred_steps` steps in a row runs anyway: arrivals still make progress.
+step still fit within `share` of the window's audio duration (the rest is left for decoding the
+chunk's audio and sending it); otherwise the step decodes only and the prefill waits for the
+streams to gain a lead. Costs are moving averages of measured times. When decoding alone is slower
+than realtime no lead ever builds up, so a round deferred `max_deferred_steps` steps in a row runs
+anyway: arrivals still make progress.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ def _moving_average(previous: float | None, sample: float, weight: float = 0.3) 
 
 
 class PrefillPacer:
-    def __init__(self, window_frames: int, frames_per_second: float, margin: float = 0.9,
+    def __init__(self, window_frames: int, frames_per_second: float, share: float = 0.8,
                  max_deferred_steps: int | None = None):
         """`window_frames` 0 turns pacing off: every round runs at once."""
         self.window_frames = window_frames
-        self.budget_seconds = window_frames / frames_per_second * margin
+        self.budget_seconds = window_frames / frames_per_second * share
         self.max_deferred_steps = window_frames if max_deferred_steps is None else max_deferred_steps
         self._decode_seconds: float | None = None
         self._prefill_seconds: float | None = None
