@@ -155,11 +155,7 @@ class Scheduler:
                     break
             try:
                 self._admit()
-                if self._prefilling and self._prefilling[0].handle.follow_up:
-                    self._prefill_chunks(follow_ups_only=True)
-                elif self._prefilling and self.pacer.may_prefill((r.frame_times for r in self._running),
-                                                                 time.perf_counter()):
-                    self._prefill_chunks()
+                self._prefill_round()
                 self._report_load()
                 if self._running:
                     self._decode_step()
@@ -206,6 +202,15 @@ class Scheduler:
         cached = cached[:len(cached) - len(cached) % chunk_blocks]
         self.batched.cache.share(running.slot, cached)
         running.cached_tokens = len(cached) * BLOCK_SIZE
+
+    def _prefill_round(self) -> None:
+        """Follow-ups at once; new arrivals when the pacer lets them."""
+        if not self._prefilling:
+            return
+        if self._prefilling[0].handle.follow_up:
+            self._prefill_chunks(follow_ups_only=True)
+        elif self.pacer.may_prefill((r.frame_times for r in self._running), time.perf_counter()):
+            self._prefill_chunks()
 
     def _prefill_chunks(self, follow_ups_only: bool = False) -> None:
         """Prefills whole chunks, follow-ups first, then oldest admission first, until about
