@@ -32,6 +32,9 @@ class ServiceMetrics:
                                           multiprocess_mode="livesum")
         self.prefix_reused_blocks = Gauge("higgs_prefix_cache_reused_blocks",
                                           "KV blocks reused from the prefix cache since start", multiprocess_mode="livesum")
+        self.prefill_deferred_steps = Gauge("higgs_prefill_deferred_steps",
+                                            "Decoding steps in which prefill pacing held new arrivals back, since start",
+                                            multiprocess_mode="livesum")
 
     def observe_engine(self, load) -> None:
         """`load`: the engine's `EngineLoad`."""
@@ -41,6 +44,7 @@ class ServiceMetrics:
         self.kv_blocks_total.set(load.kv_blocks_total)
         self.prefix_cached_blocks.set(load.prefix_cached_blocks)
         self.prefix_reused_blocks.set(load.prefix_hit_blocks)
+        self.prefill_deferred_steps.set(load.prefill_deferred_steps)
 
     def observe_request(self, started: float, first_audio: float, audio_seconds: float, finish_reason: str) -> None:
         elapsed = max(time.monotonic() - started, 1e-6)

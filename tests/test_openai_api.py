@@ -217,7 +217,7 @@ def test_metrics_are_exposed_and_move(base_url, client):
     speech_bytes(client, voice="en_man", input="Counting metrics.", response_format="wav", **FAST)
     after = requests.get(base_url + "/metrics", timeout=10).text
     for name in ("higgs_queue_depth", "higgs_running_batch_size", "higgs_realtime_factor_bucket",
-                 "higgs_kv_cache_blocks_used", "higgs_kv_cache_blocks_total"):
+                 "higgs_kv_cache_blocks_used", "higgs_kv_cache_blocks_total", "higgs_prefill_deferred_steps"):
         assert name in after
     assert metric_value(after, "higgs_kv_cache_blocks_total") > 0
     assert metric_value(after, "higgs_audio_seconds_generated_total") > metric_value(before, "higgs_audio_seconds_generated_total")

@@ -48,6 +48,7 @@ def test_deferral_is_bounded_so_arrivals_progress_when_decoding_is_behind_realti
     behind = stream_with_frames(pacer, [0.0])
     answers = [pacer.may_prefill([behind], now=5.0) for _ in range(8)]
     assert answers == [False, False, False, True, False, False, False, True]
+    assert pacer.deferred_total == 6
 
 
 def test_pacing_off():
@@ -60,7 +61,7 @@ def test_a_paced_arrival_starts_later_with_the_same_audio(tiny_model, reference_
     while the running stream keeps decoding; the arrival's audio is what it is unpaced."""
     arrival_prompt = clone_prompt(tiny_model, reference_clips, seconds=10)
     chunks = -(-arrival_prompt.num_tokens // 64)
-    results = {}
+    results, deferred = {}, {}
     for deferral in (0, 3):
         pacer = PrefillPacer(window_frames=1, frames_per_second=1e9, max_deferred_steps=deferral)
         with running_engine(tiny_model.model, max_batch_size=2, max_queue_size=2, max_seq_len=2048,
@@ -75,10 +76,12 @@ def test_a_paced_arrival_starts_later_with_the_same_audio(tiny_model, reference_
             steps_during_prefill = stream.steps - steps_at_arrival
             stream.cancel()
             results[deferral] = (steps_during_prefill, arrival.result(60))
+            deferred[deferral] = engine.load.prefill_deferred_steps
     assert chunks >= 4
     unpaced_steps, unpaced = results[0]
     paced_steps, paced = results[3]
     assert paced_steps >= 4 * (chunks - 1) > unpaced_steps  # three decode-only steps before each round
+    assert deferred[0] == 0 and deferred[3] >= 3 * (chunks - 1)  # what /metrics shows
     assert paced.finish_reason == unpaced.finish_reason == "length"
     assert np.array_equal(paced.frames, unpaced.frames)
 

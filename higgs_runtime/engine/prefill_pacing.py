@@ -37,6 +37,7 @@ class PrefillPacer:
         self._decode_seconds: float | None = None
         self._prefill_seconds: float | None = None
         self._deferred = 0
+        self.deferred_total = 0  # steps that decoded while a round waited, since start
 
     def frame_times(self) -> FrameTimes:
         """A new stream's record of frame times, to pass to `frame_produced` and `may_prefill`."""
@@ -60,4 +61,5 @@ class PrefillPacer:
             self._deferred = 0
             return True
         self._deferred += 1
+        self.deferred_total += 1
         return False

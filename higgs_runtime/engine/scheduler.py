@@ -50,6 +50,7 @@ class EngineLoad:
     kv_blocks_total: int
     prefix_cached_blocks: int
     prefix_hit_blocks: int  # since start
+    prefill_deferred_steps: int  # since start: steps in which pacing held new arrivals' prefill back
 
 
 @dataclass(eq=False)  # identity: two running requests are never "equal"
@@ -135,7 +136,7 @@ class Scheduler:
     def load(self) -> EngineLoad:
         cache = self.batched.cache
         return EngineLoad(len(self._waiting), len(self._prefilling) + len(self._running), cache.blocks_used,
-                          cache.num_blocks, cache.prefixes.cached_blocks, cache.prefixes.hits)
+                          cache.num_blocks, cache.prefixes.cached_blocks, cache.prefixes.hits, self.pacer.deferred_total)
 
     # --- the scheduler thread ---
     def _report_load(self) -> None:
