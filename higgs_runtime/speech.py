@@ -274,25 +274,24 @@ class SpeechStream:
         self.speech: Speech | None = None
 
     async def __aiter__(self):
-        synthesizer, results = self._synthesizer, []
-        handle = self._first
-        for index in range(len(self._plan.chunks)):
-            if index:
-                handle = synthesizer.submit_chunk(self._plan, index, self._sampling)
-            decoder = StreamingDecoder(synthesizer.codec, synthesizer.loaded.config.num_codebooks,
-                                       synthesizer.settings.streaming)
-            try:
+        synthesizer, results, chunks = self._synthesizer, [], self._plan.chunks
+        handle = self._first  # the chunk being generated: cancelled if the stream ends early
+        try:
+            for index in range(len(chunks)):
+                decoder = StreamingDecoder(synthesizer.codec, synthesizer.loaded.config.num_codebooks,
+                                           synthesizer.settings.streaming)
                 async for frame in handle.frames(wanted=decoder.frames_until_chunk):
                     if decoder.push(frame):
                         yield self._sent(await self._decoded(decoder.next_window()))
-                result = handle.result(timeout=0)
-                synthesizer.finish_chunk(self._plan, result)
+                results.append(handle.result(timeout=0))
+                synthesizer.finish_chunk(self._plan, results[-1])
+                if index + 1 < len(chunks):  # queued before this chunk's tail is decoded: they overlap
+                    handle = synthesizer.submit_chunk(self._plan, index + 1, self._sampling)
                 tail = decoder.next_window(final=True)
                 if tail is not None:
                     yield self._sent(await self._decoded(tail))
-            finally:
-                handle.cancel()
-            results.append(result)
+        finally:
+            handle.cancel()  # no-op once finished
         self.speech = _speech(np.zeros(0, dtype=np.float32), results, self.first_audio_at or time.monotonic(),
                               self.samples_sent / SAMPLE_RATE)
 

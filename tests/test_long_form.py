@@ -89,3 +89,36 @@ def test_long_script_streams_chunk_after_chunk(synthesizer):
     assert stream.speech.prompt_tokens > 0
     assert sum(len(piece) for piece in pieces) == round(stream.speech.audio_seconds * 24000)
     assert len(pieces) >= 4
+
+
+def test_the_next_chunk_is_queued_before_the_tail_is_sent_and_cancelled_if_the_client_leaves(synthesizer):
+    """The engine prefills chunk 2 while chunk 1's last audio is decoded and sent; a client that
+    leaves at that moment leaves nothing generating."""
+    plan = synthesizer.plan_plain(SCRIPT, None)
+    submitted = []
+    original = synthesizer.submit_chunk
+
+    def recording(plan, index, sampling):
+        handle = original(plan, index, sampling)
+        if index:
+            submitted.append(handle)
+        return handle
+
+    synthesizer.submit_chunk = recording
+    try:
+        stream = synthesizer.stream(plan, Sampling(temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=2000, seed=1))
+
+        async def leave_at_the_first_boundary():
+            chunks = stream.__aiter__()
+            async for _ in chunks:
+                if submitted:  # the first yield after chunk 2 was queued: chunk 1's tail
+                    assert len(plan.spoken) == 1 and stream.samples_sent == plan.spoken[0][1].shape[1] * 960
+                    await chunks.aclose()
+                    return submitted[0]
+
+        follow_up = asyncio.run(leave_at_the_first_boundary())
+    finally:
+        del synthesizer.submit_chunk
+    assert follow_up.result(30).finish_reason == "cancelled"
+    load = synthesizer.scheduler.load
+    assert load.running == 0 and load.queue_depth == 0
