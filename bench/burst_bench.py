@@ -118,12 +118,12 @@ def measure(preset: str, label: str, env: dict[str, str], frames: int) -> dict:
 
 def codec_rounds(preset: str, streams: int = 16, window_frames: int = 37, rounds: int = 10) -> tuple[float, float]:
     """Seconds of codec time per audio-second: one window at a time, and batched as the server does
-    on CPU (calls of at most `codec_batching.MAX_BATCH["cpu"]` windows)."""
+    on CPU (calls of at most `codec_batching.CPU_MAX_BATCH` windows)."""
     import torch
     from transformers import HiggsAudioV2TokenizerModel
 
     from higgs_runtime.codec import Codec
-    from higgs_runtime.codec_batching import MAX_BATCH
+    from higgs_runtime.codec_batching import CPU_MAX_BATCH
     from higgs_runtime.tiny_random import ensure_preset
 
     paths = ensure_preset(Path(tempfile.gettempdir()) / "higgs-bench-cache", preset)
@@ -146,8 +146,8 @@ def codec_rounds(preset: str, streams: int = 16, window_frames: int = 37, rounds
         return best / kept_seconds
 
     def batched():
-        for start in range(0, streams, MAX_BATCH["cpu"]):
-            codec.decode_batch(windows[start:start + MAX_BATCH["cpu"]])
+        for start in range(0, streams, CPU_MAX_BATCH):
+            codec.decode_batch(windows[start:start + CPU_MAX_BATCH])
 
     return timed(one_by_one), timed(batched)
 

@@ -36,14 +36,14 @@ class _Job:
 
 # Windows per decode call. On CPU (single-threaded, see cpu_threads) 4 to 8 windows of 37 frames
 # cost 0.75x of decoding them one by one, 16 cost 2.7x (the activations no longer fit the caches).
-MAX_BATCH = {"cpu": 8}
-DEFAULT_MAX_BATCH = 64
+CPU_MAX_BATCH = 8
+GPU_MAX_BATCH = 64
 
 
 class CodecDecodeBatcher:
     def __init__(self, codec: Codec, max_batch: int | None = None):
         self.codec = codec
-        self.max_batch = max_batch or MAX_BATCH.get(codec.device.type, DEFAULT_MAX_BATCH)
+        self.max_batch = max_batch or (CPU_MAX_BATCH if codec.device.type == "cpu" else GPU_MAX_BATCH)
         self._pending: collections.deque[_Job] = collections.deque()
         self._wakeup = threading.Condition()
         self._stopping = False

@@ -9,10 +9,13 @@ engine thread, the one that sets the pace, keeps every core, and the codec threa
 single-threaded: they use a core beside the engine instead of stalling it.
 
 The setting is per thread. A thread adopts the process-wide value the first time it asks torch
-for its thread count, so these functions ask before they set.
+for its thread count, so these functions ask before they set; a thread already set is left alone
+(the codec calls `use_one_core` on every call, from whichever thread runs it).
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 
@@ -20,13 +23,21 @@ import torch
 ENGINE_THREADS = max(1, torch.get_num_threads() - 1)
 
 
+_this_thread = threading.local()
+
+
+def _use(threads: int) -> None:
+    if getattr(_this_thread, "threads", None) != threads:
+        torch.get_num_threads()
+        torch.set_num_threads(threads)
+        _this_thread.threads = threads
+
+
 def use_all_cores() -> None:
     """For the engine thread."""
-    torch.get_num_threads()
-    torch.set_num_threads(ENGINE_THREADS)
+    _use(ENGINE_THREADS)
 
 
 def use_one_core() -> None:
     """For any other thread that runs torch operations."""
-    torch.get_num_threads()
-    torch.set_num_threads(1)
+    _use(1)

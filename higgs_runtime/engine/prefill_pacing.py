@@ -40,8 +40,12 @@ class PrefillPacer:
         self.deferred_total = 0  # steps that decoded while a round waited, since start
 
     def frame_times(self) -> FrameTimes:
-        """A new stream's record of frame times, to pass to `frame_produced` and `may_prefill`."""
+        """A new stream's record of frame times (the scheduler appends to it), for `may_prefill`."""
         return collections.deque(maxlen=max(self.window_frames, 1))
+
+    @property
+    def enabled(self) -> bool:
+        return self.window_frames > 0
 
     def decode_took(self, seconds: float) -> None:
         self._decode_seconds = _moving_average(self._decode_seconds, seconds)
@@ -51,7 +55,7 @@ class PrefillPacer:
 
     def may_prefill(self, streams: Iterable[FrameTimes], now: float) -> bool:
         """Whether a prefill round may run now, given the running streams' frame times."""
-        if not self.window_frames:
+        if not self.enabled:
             return True
         expected_next_frame = now + (self._prefill_seconds or 0.0) + (self._decode_seconds or 0.0)
         # The window that ends with each stream's next frame starts at its oldest recorded frame once

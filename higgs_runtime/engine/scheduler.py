@@ -241,7 +241,7 @@ class Scheduler:
                 self._prefilling.popleft()
                 self.batched.cache.remember_prefix(running.slot, handle.prefix_names)
                 self._start_decoding(running, logits, audio)
-        if budget < self.prefill_chunk_tokens:
+        if self.pacer.enabled and budget < self.prefill_chunk_tokens:
             if self.device.type == "cuda":  # the time of the work, not of its launch
                 torch.cuda.synchronize(self.device)
             self.pacer.prefill_took(time.perf_counter() - started)
@@ -256,7 +256,7 @@ class Scheduler:
             frames = self.sampler.next_frames(slots, logits[None], top_k_bucket([request.sampling.top_k],
                                                                                 self.config.codebook_size))
             self.step.last_frames[slot] = frames[0]
-        self._continue_or_finish(running, frames[0].cpu().numpy())
+        self._continue_or_finish(running, frames[0].cpu().numpy(), time.perf_counter())
 
     def _decode_step(self) -> None:
         started = time.perf_counter()
@@ -274,15 +274,17 @@ class Scheduler:
             self._live = cache.live_blocks(slots, [r.cached_tokens + 1 for r in batch] + [1] * padding)
         frames = self.step(self._batch_slots, self._live, self._top_k)
         on_host = frames[:len(batch)].cpu().numpy()  # the step's one device-to-host copy
-        self.pacer.decode_took(time.perf_counter() - started)
+        arrived = time.perf_counter()
+        self.pacer.decode_took(arrived - started)
         for running, host_frame in zip(batch, on_host):
             running.cached_tokens += 1
-            self._continue_or_finish(running, host_frame)
+            self._continue_or_finish(running, host_frame, arrived)
 
-    def _continue_or_finish(self, running: _Running, host_frame: np.ndarray) -> None:
+    def _continue_or_finish(self, running: _Running, host_frame: np.ndarray, arrived: float) -> None:
+        """`arrived`: when the frame reached the host."""
         handle, request = running.handle, running.handle.request
         handle.steps += 1
-        running.frame_times.append(time.perf_counter())
+        running.frame_times.append(arrived)
         ended = host_frame == self.config.audio_stream_eos_id
         running.audio_ending |= bool(ended.any())
         if ended.all():
