@@ -227,7 +227,7 @@ def test_long_texts_complete_under_a_saturated_queue(hostile):
 
 
 def test_a_burst_of_slots_plus_queue_is_accepted_and_one_more_is_refused(hostile):
-    body = {"text": "Burst.", "temperature": 0, "max_new_tokens": 300}
+    body = {"text": "Burst.", **BUSY}  # long enough to be seen running and queued, at any engine speed
     with concurrent.futures.ThreadPoolExecutor(SLOTS + QUEUE) as pool:
         burst = [pool.submit(post, hostile, "/generate", body, 120) for _ in range(SLOTS + QUEUE)]
         wait_for_load(hostile.url, lambda running, queued: (running, queued) == (SLOTS, QUEUE), 10,
