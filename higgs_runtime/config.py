@@ -20,6 +20,13 @@ DEFAULT_VOICE_SOURCE = (
 )
 
 
+# OpenAI's stock voice names, for clients that accept no other name (Pipecat, and the defaults of
+# LiveKit and Open WebUI), onto the preset voices: by the voice's character, feminine or masculine.
+DEFAULT_VOICE_ALIASES = ("alloy=en_woman,ash=en_man,ballad=chadwick,cedar=en_man,coral=mabel,echo=en_man,"
+                         "fable=chadwick,marin=en_woman,nova=belinda,onyx=en_man,sage=mabel,shimmer=belinda,"
+                         "verse=chadwick")
+
+
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(base) / "higgs-audio-server"
@@ -54,6 +61,10 @@ class Settings:
     data_dir: Path = _default_data_dir()
     cache_dir: Path = _default_cache_dir()
     voice_source: str = DEFAULT_VOICE_SOURCE
+    # Other names for voices, `alias=voice,...` (`none`: no aliases); a voice of the alias's own name wins.
+    voice_aliases: str = DEFAULT_VOICE_ALIASES
+    # Origins whose browser pages may call the API: empty (none, the default), `*` or a comma-separated list.
+    cors_origins: str = ""
     # Request limits: every user-supplied text is bounded before any work proportional to it.
     max_text_chars: int = 5000
     max_scene_chars: int = 2000  # scene_prompt, instructions
@@ -133,6 +144,10 @@ class Settings:
             raise ValueError("HIGGS_RAS_WINDOW must be >= 0 (0 turns RAS off) and HIGGS_RAS_MAX_REPEAT >= 1")
         if not 0 < self.min_reference_seconds < self.max_reference_seconds:
             raise ValueError("HIGGS_MIN_REFERENCE_SECONDS must be positive and below HIGGS_MAX_REFERENCE_SECONDS")
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     def api_key_set(self) -> frozenset[str]:
         keys = [key.strip() for key in self.api_keys.split(",")]

@@ -28,7 +28,6 @@ from .engine.requests import GenerationRequest, GenerationResult, RequestHandle
 from .engine.sampling import RepetitionAware, SamplingParams
 from .engine.scheduler import Scheduler
 from .loading import LoadedModel
-from .schemas import VoiceDescription
 from .streaming import DecodeWindow, StreamingDecoder
 from .text_chunks import split_for_generation
 from .voices import VoiceStore
@@ -48,6 +47,13 @@ class GenerationFailed(RuntimeError):
 
 class GenerationTimeout(GenerationFailed):
     """The request ran past its deadline (`HIGGS_REQUEST_TIMEOUT_S`, counted for the whole request)."""
+
+
+@dataclass(frozen=True)
+class DescribedVoice:
+    """A speaker described in words instead of voiced by a clip."""
+
+    description: str
 
 
 @dataclass(frozen=True)
@@ -148,7 +154,7 @@ class Synthesizer:
         conversation = Conversation(lambda chunk: prompts.clone_messages(chunk, reference_text, scene_prompt), [codes])
         return self._plan(conversation, _spoken(text, normalize))
 
-    def plan_multi_speaker(self, text: str, scene_prompt: str | None, voices: list[str | VoiceDescription],
+    def plan_multi_speaker(self, text: str, scene_prompt: str | None, voices: list[str | DescribedVoice],
                            normalize: bool = True) -> SpeechPlan:
         """`voices[i]` voices SPEAKERi: a voice name (its clip) or a description in words."""
         text = _spoken(text, normalize)

@@ -52,6 +52,8 @@ STORED_MAX_SECONDS = 600.0
 MAX_CACHED_CODES = 256
 
 VoiceKind = Literal["preset", "uploaded"]
+# The value of HIGGS_VOICE_ALIASES that turns aliases off.
+NO_ALIASES = "none"
 
 
 class VoiceError(Exception):
@@ -109,6 +111,19 @@ class Voice:
 
 def is_valid_voice_name(name: str) -> bool:
     return VOICE_NAME_PATTERN.fullmatch(name) is not None
+
+
+def parse_voice_aliases(text: str) -> dict[str, str]:
+    """`alias=voice,alias=voice` (HIGGS_VOICE_ALIASES) -> {alias: voice}; `none` gives no aliases."""
+    if text.strip().lower() == NO_ALIASES:
+        return {}
+    aliases = {}
+    for pair in filter(None, (part.strip() for part in text.split(","))):
+        alias, _, voice = (side.strip() for side in pair.partition("="))
+        if not (is_valid_voice_name(alias) and is_valid_voice_name(voice)):
+            raise ValueError(f"HIGGS_VOICE_ALIASES: {pair!r} is not alias=voice with two valid voice names")
+        aliases[alias] = voice
+    return aliases
 
 
 def load_catalog(path: Path = CATALOG_PATH) -> list[CatalogEntry]:
@@ -205,8 +220,13 @@ class VoiceStore:
     the old voice's codes.
     """
 
-    def __init__(self, catalog_path: Path, presets_dir: Path, uploads_dir: Path):
+    def __init__(self, catalog_path: Path, presets_dir: Path, uploads_dir: Path, aliases: dict[str, str] | None = None):
+        """`aliases`: other names for voices (OpenAI's stock voice names, say); a voice of the alias's
+        own name wins over it, and a preset's name cannot be an alias."""
         self._catalog = {entry.name: entry for entry in load_catalog(catalog_path)}
+        self._aliases = dict(aliases or {})
+        if clash := sorted(set(self._aliases) & set(self._catalog)):
+            raise ValueError(f"HIGGS_VOICE_ALIASES: {clash} are preset voices' own names, not aliases")
         self._presets_dir = presets_dir
         self._uploads_dir = uploads_dir
         self._lock = threading.Lock()
@@ -244,10 +264,32 @@ class VoiceStore:
             raise VoiceNotFound(name, self.names())
         return voice
 
+    def resolve(self, name: str) -> Voice:
+        """The voice a request names: a voice of that name, else the voice an alias stands for."""
+        with self._lock:
+            voice = self._presets.get(name) or self._find_upload(name)
+        if voice is None and name in self._aliases:
+            return self.get(self._aliases[name])
+        if voice is None:
+            raise VoiceNotFound(name, self.names())
+        return voice
+
+    def aliases(self) -> dict[str, str]:
+        """Alias -> voice, for the aliases in effect: no voice has the alias's name, and its voice exists."""
+        names = set(self.names())
+        return {alias: voice for alias, voice in self._aliases.items() if alias not in names and voice in names}
+
+    def audio_file(self, name: str) -> bytes:
+        """The voice's reference audio as stored (a WAV file), read whole: a snapshot that a delete
+        racing the read cannot cut short (the voice is then not found)."""
+        try:
+            return self.get(name).audio_path.read_bytes()
+        except FileNotFoundError:
+            raise VoiceNotFound(name, self.names()) from None
+
     def load_audio(self, name: str) -> np.ndarray:
         """The voice's reference audio: mono float32 at audio.SAMPLE_RATE."""
-        data = self.get(name).audio_path.read_bytes()
-        return decode_audio(data, min_seconds=0.0, max_seconds=STORED_MAX_SECONDS)
+        return decode_audio(self.audio_file(name), min_seconds=0.0, max_seconds=STORED_MAX_SECONDS)
 
     def add_upload(
         self, name: str, audio: np.ndarray, description: str | None, transcript: str | None

@@ -10,7 +10,7 @@ import time
 
 import requests
 
-from higgs_runtime.drain import RETRY_AFTER_S, Drain
+from higgs_api.drain import RETRY_AFTER_S, Drain
 
 from audio_checks import check_generation
 from server_checks import wait_for_load

@@ -1,7 +1,7 @@
 """ASGI middlewares that hold the HTTP contract on every route, BentoML's own included: request
 ids, optional API keys (401), request body limits (413), work stopped when the client goes away, and
 error bodies: `{"detail": "<message>"}` on the seed's routes, OpenAI's `{"error": {"message", "type",
-"code"}}` under /v1/. Client errors are logged as one line each."""
+"code", "param"}}` under /v1/. Client errors are logged as one line each."""
 
 from __future__ import annotations
 
@@ -17,27 +17,31 @@ from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .errors import INTERNAL_ERROR, OPENAI_PREFIX, RequestBodyTooLarge
+
 log = logging.getLogger("higgs_audio.http")
 
-OPENAI_PREFIX = "/v1/"
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
-def _json_body(status: int, detail: str, path: str = "") -> tuple[list[tuple[bytes, bytes]], bytes]:
-    payload = _openai_error(status, detail) if path.startswith(OPENAI_PREFIX) else {"detail": detail}
+def _json_body(status: int, detail: str, path: str = "", param: str | None = None,
+               code: str | None = None) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    payload = _openai_error(status, detail, param, code) if path.startswith(OPENAI_PREFIX) else {"detail": detail}
     body = json.dumps(payload).encode()
     return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())], body
 
 
-def _openai_error(status: int, message: str) -> dict:
-    kind, code = {
+def _openai_error(status: int, message: str, param: str | None, code: str | None) -> dict:
+    kind, default_code = {
         401: ("authentication_error", "invalid_api_key"),
+        404: ("invalid_request_error", "not_found"),
         429: ("rate_limit_error", "rate_limit_exceeded"),
     }.get(status, ("server_error", None) if status >= 500 else ("invalid_request_error", None))
-    return {"error": {"message": message, "type": kind, "code": code, "param": None}}
+    return {"error": {"message": message, "type": kind, "code": code or default_code, "param": param}}
 
 
-async def _send_error(send: Send, status: int, detail: str, path: str, extra_headers=()) -> None:
+async def send_error(send: Send, status: int, detail: str, path: str, extra_headers=()) -> None:
+    """Answers an error in the shape of `path`'s API, before or instead of the app."""
     headers, body = _json_body(status, detail, path)
     await send({"type": "http.response.start", "status": status, "headers": headers + list(extra_headers)})
     await send({"type": "http.response.body", "body": body})
@@ -78,23 +82,27 @@ class RequestIdLogFilter(logging.Filter):
 
 
 class ApiKeyAuth:
-    """With keys configured, every route but the open ones needs `Authorization: Bearer <key>`."""
+    """With keys configured, every route but the open ones needs `Authorization: Bearer <key>`.
+
+    Keys are compared as bytes, as they arrive: a header value may hold any byte (HTTP allows
+    obs-text), and a comparison on text would fail on it instead of refusing it."""
 
     def __init__(self, app: ASGIApp, keys: frozenset[str], open_paths: frozenset[str]):
-        self.app, self.keys, self.open_paths = app, keys, open_paths
+        self.app, self.open_paths = app, open_paths
+        self.keys = frozenset(key.encode() for key in keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.keys or scope["path"] in self.open_paths:
             return await self.app(scope, receive, send)
-        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-        scheme, _, key = header.partition(" ")
-        if not header:
-            detail = "missing API key: send the header 'Authorization: Bearer <key>'"
-        elif scheme.lower() != "bearer" or not any(hmac.compare_digest(key.strip(), k) for k in self.keys):
-            detail = "invalid API key"
-        else:
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        if self.accepts(header):
             return await self.app(scope, receive, send)
-        await _send_error(send, 401, detail, scope["path"], [(b"www-authenticate", b"Bearer")])
+        detail = "invalid API key" if header else "missing API key: send the header 'Authorization: Bearer <key>'"
+        await send_error(send, 401, detail, scope["path"], [(b"www-authenticate", b"Bearer")])
+
+    def accepts(self, header: bytes) -> bool:
+        scheme, _, key = header.partition(b" ")
+        return scheme.lower() == b"bearer" and any(hmac.compare_digest(key.strip(), k) for k in self.keys)
 
 
 class BodySizeLimit:
@@ -146,11 +154,7 @@ class BodySizeLimit:
 
     @staticmethod
     async def _refuse(send: Send, limit: int, path: str) -> None:
-        await _send_error(send, 413, f"request body is larger than the limit of {limit // (1024 * 1024)} MiB", path)
-
-
-class RequestBodyTooLarge(Exception):
-    pass
+        await send_error(send, 413, f"request body is larger than the limit of {limit // (1024 * 1024)} MiB", path)
 
 
 class CancelOnDisconnect:
@@ -206,27 +210,27 @@ class CancelOnDisconnect:
             work.cancel()  # no-op once done; stops the work if this middleware itself is cancelled
 
 
-def _detail_from(status: int, body: bytes) -> str:
-    """Turns any error body (BentoML's `{"error": ...}`, a validation list, plain text) into one message."""
+def _error_fields(status: int, body: bytes) -> tuple[str, str | None, str | None]:
+    """The message, field (`param`) and code of any error body: ours (`{"detail", "param"}`),
+    OpenAI's, BentoML's `{"error": ...}`, a validation list, plain text."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         text = body.decode(errors="replace").strip()
-        return text or f"HTTP {status}"
+        return text or f"HTTP {status}", None, None
     if isinstance(data, list) and len(data) == 1:
         data = data[0]
     if isinstance(data, dict):
         if isinstance(data.get("detail"), str):
-            return data["detail"]
-        if isinstance(data.get("error"), dict) and isinstance(data["error"].get("message"), str):
-            return data["error"]["message"]
+            return data["detail"], data.get("param"), data.get("code")
+        error = data.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"], error.get("param"), error.get("code")
         if isinstance(data.get("detail"), list):
-            return "; ".join(_validation_message(error) for error in data["detail"])
-        if isinstance(data.get("error"), str):
-            if status >= 500:
-                return "internal server error; the server log has the details"
-            return data["error"]
-    return f"HTTP {status}"
+            return "; ".join(_validation_message(error) for error in data["detail"]), None, None
+        if isinstance(error, str):
+            return (INTERNAL_ERROR if status >= 500 else error), None, None
+    return f"HTTP {status}", None, None
 
 
 def _validation_message(error: dict) -> str:
@@ -265,10 +269,10 @@ class ErrorContract:
             if message.get("more_body"):
                 return
             status = start["status"]
-            detail = _detail_from(status, b"".join(chunks))
+            detail, param, code = _error_fields(status, b"".join(chunks))
             if status < 500:
                 log.info("%s %s answered %d: %s", scope["method"], scope["path"], status, detail[:300])
-            headers, body = _json_body(status, detail, scope["path"])
+            headers, body = _json_body(status, detail, scope["path"], param, code)
             kept = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-type", b"content-length")]
             await send({"type": "http.response.start", "status": status, "headers": kept + headers})
             await send({"type": "http.response.body", "body": body})

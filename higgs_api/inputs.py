@@ -1,15 +1,17 @@
 """Checks on user-supplied fields, run before any work proportional to them: every text is bounded in
-characters and every list in length. Each raises `InvalidRequest` naming the field.
+characters and every list in length. Each raises a 400 `ApiError` naming the field (`param`).
 
 Every text field loses the private-use marks that stand for sound-event tags (`text_normalize`): only
 the normaliser writes those, so no field can smuggle a tag token into a prompt."""
 
 from __future__ import annotations
 
+from higgs_runtime.speech import DescribedVoice
+from higgs_runtime.text_normalize import without_marks
+from higgs_runtime.voices import MAX_VOICE_NAME_CHARS
+
+from .errors import ApiError
 from .schemas import VoiceDescription
-from .speech import InvalidRequest
-from .text_normalize import without_marks
-from .voices import MAX_VOICE_NAME_CHARS
 
 
 def present(value: str | None) -> str | None:
@@ -24,14 +26,14 @@ def optional_text(field: str, value: str | None, limit: int) -> str | None:
     if text is None:
         return None
     if len(text) > limit:
-        raise InvalidRequest(f"{field} is {len(text)} characters long; the limit is {limit}")
+        raise ApiError(400, f"{field} is {len(text)} characters long; the limit is {limit}", field)
     return present(without_marks(text))
 
 
-def required_text(field: str, value: str, limit: int) -> str:
+def required_text(field: str, value: str | None, limit: int) -> str:
     text = optional_text(field, value, limit)
     if text is None:
-        raise InvalidRequest(f"{field} must not be empty")
+        raise ApiError(400, f"{field} must not be empty", field)
     return text
 
 
@@ -40,11 +42,10 @@ def voice_name(field: str, value: str | None) -> str | None:
 
 
 def speaker_voices(field: str, values: list[str | VoiceDescription], limit: int,
-                   description_limit: int) -> list[str | VoiceDescription]:
+                   description_limit: int) -> list[str | DescribedVoice]:
     """One voice per speaker: a voice name, or a description in words."""
     if len(values) > limit:
-        raise InvalidRequest(f"{field} has {len(values)} entries; the limit is {limit}")
+        raise ApiError(400, f"{field} has {len(values)} entries; the limit is {limit}", field)
     return [required_text(f"{field}[{index}]", value, MAX_VOICE_NAME_CHARS) if isinstance(value, str) else
-            VoiceDescription(description=required_text(f"{field}[{index}].description", value.description,
-                                                       description_limit))
+            DescribedVoice(required_text(f"{field}[{index}].description", value.description, description_limit))
             for index, value in enumerate(values)]

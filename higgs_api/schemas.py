@@ -71,28 +71,37 @@ class Health(BaseModel):
     note: str | None = None
 
 
-# --- the OpenAI-compatible speech route -----------------------------------------------------------
+# --- the OpenAI-compatible API --------------------------------------------------------------------
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
-OPENAI_MODEL_NAMES = ("higgs-audio-v2", "tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-tts")
+# The model names OpenAI's clients send; each serves Higgs Audio v2 here (so does the served model's path).
+CANONICAL_MODEL = "higgs-audio-v2"
+OPENAI_MODEL_NAMES = (CANONICAL_MODEL, "tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-tts")
 
 
 class VoiceId(BaseModel):
-    id: str
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(max_length=64)
 
 
 class SpeechRequest(BaseModel):
-    """OpenAI's `POST /v1/audio/speech` body, plus our sampling and one-off cloning fields."""
+    """OpenAI's `POST /v1/audio/speech` body, plus our sampling and one-off cloning fields. An unknown
+    field is refused (400 naming it), as OpenAI does: it is most often a typo."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(max_length=64)
+    model: str | None = Field(None, max_length=256, description="higgs-audio-v2 (or tts-1, tts-1-hd, gpt-4o-mini-tts, "
+                                                                "gpt-4o-tts, the served model's path); default higgs-audio-v2.")
     input: str = Field(description="Text to speak.")
-    voice: str | VoiceId | None = Field(None, description="A voice from GET /voices; none lets the model choose.")
+    voice: str | VoiceId | None = Field(None, description="A voice from GET /v1/audio/voices (names and aliases such "
+                                                          "as alloy); none lets the model choose.")
     response_format: ResponseFormat = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0, description="Tempo; pitch is kept.")
     instructions: str | None = Field(None, description="Becomes the scene description.")
     stream_format: Literal["audio", "sse"] = "audio"
+    stream: bool | None = Field(None, description="false: the whole file at once, with its length (Content-Length, "
+                                                  "real WAV sizes); true or absent: audio as it is produced.")
     temperature: Temperature = 0.7
     top_p: TopP = 0.95
     top_k: TopK = 50
@@ -106,3 +115,40 @@ class SpeechRequest(BaseModel):
     @property
     def voice_name(self) -> str | None:
         return self.voice.id if isinstance(self.voice, VoiceId) else self.voice
+
+
+class ModelCard(BaseModel):
+    """OpenAI's model object; `root` names the model an alias serves."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    root: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class AudioModel(BaseModel):
+    id: str
+
+
+class AudioModels(BaseModel):
+    """What Open WebUI reads from `GET /v1/audio/models`."""
+
+    models: list[AudioModel]
+
+
+class AudioVoice(BaseModel):
+    id: str
+    name: str
+    alias_of: str | None = Field(None, description="The voice an alias (an OpenAI stock name) stands for.")
+
+
+class AudioVoices(BaseModel):
+    """What Open WebUI and Home Assistant read from `GET /v1/audio/voices`."""
+
+    voices: list[AudioVoice]

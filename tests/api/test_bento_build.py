@@ -81,7 +81,7 @@ def test_bento_yaml_lists_the_apis(bento_yaml):
 def test_src_holds_only_runtime_files(bento):
     src = bento / "src"
     for rel in ("service.py", "main.py", "higgs_runtime/__init__.py", "higgs_runtime/engine/scheduler.py",
-                "higgs_runtime/playground/index.html", "voice_prompts/catalog.json"):
+                "higgs_api/playground/index.html", "voice_prompts/catalog.json"):
         assert (src / rel).is_file(), f"src/{rel} missing from the bento"
     for rel in ("tests", ".venv", "bench", "docs", ".ci", ".git", ".pytest_cache"):
         assert not (src / rel).exists(), f"src/{rel} must not be in the bento"

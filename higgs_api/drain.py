@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .http_middleware import _send_error
+from .middleware import send_error
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class DrainGate:
         if scope["type"] != "http" or path in self.untracked_paths:
             return await self.app(scope, receive, send)
         if self.drain.draining and path in self.refused_paths:
-            return await _send_error(send, 503, "this server is shutting down and takes no new generations; "
+            return await send_error(send, 503, "this server is shutting down and takes no new generations; "
                                      f"retry in {RETRY_AFTER_S} s (another replica will answer)", path,
                                      [(b"retry-after", str(RETRY_AFTER_S).encode())])
         await self.drain.track(self.app, scope, receive, send)

@@ -1,6 +1,6 @@
-"""Response bodies that stream: encoded audio bytes as they are produced, or OpenAI's server-sent
-events (`speech.audio.delta` with base64 audio, then `speech.audio.done` with usage and
-`finish_reason`)."""
+"""Response bodies: encoded audio bytes as they are produced, OpenAI's server-sent events
+(`speech.audio.delta` with base64 audio, then `speech.audio.done` with usage and `finish_reason`), or
+one whole file when the client asks for it."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import AsyncIterator, Callable
 
 import numpy as np
 
-from .encoding import TempoStream, encode, stream_encoder
-from .speech import GenerationFailed, InvalidRequest, Speech, SpeechStream
+from higgs_runtime.encoding import TempoStream, change_tempo, encode, stream_encoder
+from higgs_runtime.speech import GenerationFailed, InvalidRequest, Speech, SpeechStream
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,11 @@ async def audio_bytes(stream: SpeechStream, fmt: str, speed: float,
         _log_failure(exc)
         raise
     on_done(stream.speech)
+
+
+def whole_audio(samples: np.ndarray, fmt: str, speed: float) -> bytes:
+    """One complete file: its length is known, so a WAV carries its real sizes."""
+    return encode(change_tempo(samples, speed), fmt)
 
 
 def _log_failure(exc: Exception) -> None:
