@@ -28,7 +28,7 @@ from .streams import audio_bytes, sse_events, whole_audio
 OWNER = "bosonai"
 MAX_VOICES_LISTED = 1000
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", tags=["OpenAI-compatible API"])
 
 
 def model_names(state: ServerState) -> list[str]:

@@ -26,7 +26,7 @@ from .state import ServerState, server_state
 RANDOM_PRESET_NOTE = ("{} is a small randomly initialised model for offline testing and benchmarks: it produces "
                       "noise, not speech")
 
-router = APIRouter()
+router = APIRouter(tags=["REST API"])
 
 
 @router.get("/health", response_model=Health)

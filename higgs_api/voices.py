@@ -26,7 +26,7 @@ from .upload_form import VoiceUploadForm
 
 UPLOAD_ROUTE = "/upload-voice"
 
-router = APIRouter()
+router = APIRouter(tags=["Voices"])
 
 
 @router.get("/voices", response_model=list[VoiceSummary])

@@ -197,3 +197,22 @@ def test_an_api_error_is_shown_in_words(page, console_errors):
     # The browser's own line for the failed request is the only console error.
     assert len(console_errors) == 1 and "400" in console_errors[0], console_errors
     console_errors.clear()
+
+
+def test_the_api_reference_renders_offline(browser, playground_url, tmp_path):
+    """/docs on a server with keys: Swagger UI from the server's own assets lists every route."""
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    origin, foreign, errors = urlparse(playground_url).netloc, [], []
+    page.on("request", lambda request: foreign.append(request.url)
+            if urlparse(request.url).scheme not in ("blob", "data") and urlparse(request.url).netloc != origin else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(playground_url + "/docs")
+    page.wait_for_selector(".opblock-summary-path", state="attached", timeout=30_000)
+    paths = set(page.locator(".opblock-summary-path").evaluate_all("nodes => nodes.map(n => n.dataset.path)"))
+    page.screenshot(path=str(tmp_path / "docs.png"), full_page=False)
+    context.close()
+    assert {"/generate", "/generate/voice-clone", "/generate/multi-speaker", "/upload-voice", "/v1/audio/speech",
+            "/v1/models", "/v1/audio/voices", "/voices/{name}/audio"} <= paths, paths
+    assert not foreign, foreign
+    assert not errors, errors
