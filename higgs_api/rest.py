@@ -127,7 +127,8 @@ class RestApi:
             text=text,
             sampling_rate=SAMPLE_RATE,
             duration=duration_seconds(speech.samples),
-            usage=Usage(prompt_tokens=speech.prompt_tokens, completion_tokens=speech.completion_tokens,
+            usage=Usage(prompt_tokens=speech.prompt_tokens, prefill_tokens=speech.prefill_tokens,
+                        completion_tokens=speech.completion_tokens,
                         total_tokens=speech.prompt_tokens + speech.completion_tokens),
             finish_reason=speech.finish_reason,
         )

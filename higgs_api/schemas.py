@@ -31,7 +31,9 @@ ReferenceVoices = Annotated[list[str | VoiceDescription] | None, Field(
 
 
 class Usage(BaseModel):
-    prompt_tokens: int
+    prompt_tokens: int = Field(description="The sum over text chunks of each one's whole prompt.")
+    prefill_tokens: int = Field(description="Prompt tokens the engine computed; the rest came from cached or "
+                                            "continued KV (a voice used before, the previous text chunk).")
     completion_tokens: int = Field(description="Audio frames the model generated.")
     total_tokens: int
 

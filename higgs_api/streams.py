@@ -77,5 +77,5 @@ async def sse_events(stream: SpeechStream, fmt: str, speed: float,
         return
     speech = stream.speech
     yield _event({"type": "speech.audio.done", "finish_reason": speech.finish_reason, "usage": {
-        "input_tokens": speech.prompt_tokens, "output_tokens": speech.completion_tokens,
-        "total_tokens": speech.prompt_tokens + speech.completion_tokens}})
+        "input_tokens": speech.prompt_tokens, "prefill_tokens": speech.prefill_tokens,
+        "output_tokens": speech.completion_tokens, "total_tokens": speech.prompt_tokens + speech.completion_tokens}})

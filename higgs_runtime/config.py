@@ -99,9 +99,12 @@ class Settings:
     drain_timeout_s: float = 300.0
     # Audio still going after this multiple of the time its text could plausibly take is cut (0: off).
     runaway_guard_multiple: float = 2.0
-    # Long-form text: characters per generation chunk, and how many earlier chunks stay in context.
+    # Long-form text: characters per generation chunk, and how many earlier chunks stay in context when
+    # it is re-based (it grows until the next chunk's prompt would leave too little room for its audio).
     long_form_chunk_chars: int = 300
     long_form_context_chunks: int = 2
+    # A conversation's kept context (its KV, between two chunks or segments) idle this long is released.
+    context_idle_s: float = 300.0
     # Optional API keys: a comma-separated list and/or a file with one key per line.
     api_keys: str = ""
     api_keys_file: str = ""
@@ -130,7 +133,7 @@ class Settings:
         positive = ("max_text_chars", "max_scene_chars", "max_transcript_chars", "max_description_chars",
                     "max_speakers", "max_new_tokens_cap", "max_request_bytes", "max_upload_bytes",
                     "max_batch_size", "max_queue_size", "max_seq_len", "stream_first_chunk_frames", "long_form_chunk_chars",
-                    "stream_chunk_frames", "prefill_chunk_tokens", "drain_timeout_s")
+                    "stream_chunk_frames", "prefill_chunk_tokens", "drain_timeout_s", "context_idle_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"HIGGS_{name.upper()} must be positive")

@@ -35,6 +35,8 @@ class ServiceMetrics:
         self.prefill_deferred_steps = Gauge("higgs_prefill_deferred_steps",
                                             "Decoding steps in which prefill pacing held new arrivals back, since start",
                                             multiprocess_mode="livesum")
+        self.kept_contexts = Gauge("higgs_kept_contexts", "Conversations' KV kept between turns (long texts, live "
+                                   "sessions)", multiprocess_mode="livesum")
 
     def observe_engine(self, load) -> None:
         """`load`: the engine's `EngineLoad`."""
@@ -45,6 +47,7 @@ class ServiceMetrics:
         self.prefix_cached_blocks.set(load.prefix_cached_blocks)
         self.prefix_reused_blocks.set(load.prefix_hit_blocks)
         self.prefill_deferred_steps.set(load.prefill_deferred_steps)
+        self.kept_contexts.set(load.kept_contexts)
 
     def observe_request(self, started: float, first_audio: float, audio_seconds: float, finish_reason: str) -> None:
         elapsed = max(time.monotonic() - started, 1e-6)

@@ -2,7 +2,11 @@
 
 Text longer than one generation chunk is split at natural boundaries and generated chunk by chunk,
 each with the previous chunks' audio in its context; without a voice, the first chunk's audio
-becomes the voice of the rest, so a long script keeps one voice.
+becomes the voice of the rest, so a long script keeps one voice. Each chunk continues the engine's
+kept context of the one before (its KV), so only the new turn is computed. Earlier chunks stay in the
+context while the next chunk's prompt leaves room for its audio within `HIGGS_MAX_SEQ_LEN`; then the
+context is re-based once (the voice's clip and the pinned first chunk kept, plus the last
+`HIGGS_LONG_FORM_CONTEXT_CHUNKS` chunks) and grows again from there.
 
 The API layer validates field ranges; this layer checks what needs the model or the voices, and
 raises `InvalidRequest` with a message a user can act on.
@@ -22,6 +26,7 @@ from .audio import SAMPLE_RATE
 from .codec import ClipCodes, Codec
 from .codec_batching import CodecDecodeBatcher
 from .config import Settings
+from .engine.contexts import Context
 from .engine.delay_pattern import undo_delay_pattern
 from .engine.prefill_pacing import PrefillPacer
 from .engine.requests import GenerationRequest, GenerationResult, RequestHandle
@@ -69,7 +74,8 @@ class Sampling:
 class Speech:
     samples: np.ndarray  # 24 kHz mono float32
     finish_reason: str
-    prompt_tokens: int
+    prompt_tokens: int  # the sum over text chunks of each one's whole prompt
+    prefill_tokens: int  # the prompt tokens the engine computed (the rest came from cached or continued KV)
     completion_tokens: int
     first_audio_at: float  # time.monotonic() when the first audio was ready
     audio_seconds: float
@@ -96,23 +102,37 @@ class Conversation:
 
 @dataclass
 class SpeechPlan:
-    """A request cut into chunks of text, and the audio codes of the chunks already generated."""
+    """A request cut into chunks of text, the audio codes of the chunks already generated, and the
+    engine's kept context of the conversation so far."""
 
     conversation: Conversation
     chunks: list[str]
     voice_from_first_chunk: bool
-    context_chunks: int
-    deadline: float  # time.monotonic() by which the whole request must be done
+    context_chunks: int  # earlier chunks kept at a re-base
+    deadline: float  # time.monotonic() by which the whole request (a live session: the chunk) must be done
     spoken: list[tuple[str, np.ndarray]] = field(default_factory=list)
     first_prompt: prompts.Prompt | None = None  # built when the plan is made, to check it fits
+    open: bool = False  # a live session's: more chunks may come, so every chunk keeps its context
+    history_start: int = 0  # chunks before this one (the pinned one aside) left the context at the last re-base
+    context: Context | None = None
 
-    def messages_and_codes(self, index: int, dropped: int = 0) -> tuple[list[dict], list[np.ndarray]]:
-        """Chunk `index`'s conversation: the fixed part, then earlier chunks as user text + assistant
-        audio, less the `dropped` least useful of them (the oldest recent ones, the pinned one last)."""
-        history = self.spoken[:index]
-        pinned = history[:1] if self.voice_from_first_chunk else []  # the first chunk's audio sets the voice
-        recent = history[len(pinned):][-self.context_chunks:] if self.context_chunks else []
-        turns = (pinned if dropped <= len(recent) else []) + recent[dropped:]
+    def keeps_context(self, index: int) -> bool:
+        return self.open or index + 1 < len(self.chunks)
+
+    def history(self, index: int, rebased: bool = False, dropped: int = 0) -> tuple[list, int]:
+        """The earlier chunks in chunk `index`'s context, and where its recent ones start: those since the
+        last re-base, or (`rebased`) the last `context_chunks`; the pinned first chunk (its audio sets the
+        voice) leads them. `dropped` leaves out as many of the least useful (the oldest recent ones, the
+        pinned one last)."""
+        spoken = self.spoken[:index]
+        pinned = spoken[:1] if self.voice_from_first_chunk else []
+        start = max(len(pinned), index - self.context_chunks if rebased else self.history_start)
+        recent = spoken[start:]
+        return (pinned if dropped <= len(recent) else []) + recent[dropped:], start + min(dropped, len(recent))
+
+    def messages_and_codes(self, index: int, turns: list) -> tuple[list[dict], list[np.ndarray]]:
+        """Chunk `index`'s conversation: the fixed part, then the earlier chunks `turns` as user text +
+        assistant audio."""
         messages = prompts.with_history(self.conversation.build(self.chunks[index]), [text for text, _ in turns])
         return messages, self.conversation.codes + [codes for _, codes in turns]
 
@@ -130,7 +150,8 @@ class Synthesizer:
                                    cuda_graphs=settings.cuda_graphs, prefill_chunk_tokens=settings.prefill_chunk_tokens,
                                    prefill_pacer=PrefillPacer(settings.stream_chunk_frames if settings.prefill_pacing else 0,
                                                               FRAMES_PER_SECOND),
-                                   on_load_change=on_load_change, **settings.engine_cache_sizes)
+                                   on_load_change=on_load_change, context_idle_s=settings.context_idle_s,
+                                   **settings.engine_cache_sizes)
         self.scheduler.start()
 
     def close(self) -> None:
@@ -184,21 +205,33 @@ class Synthesizer:
         plan.first_prompt = self._prompt(plan, 0)  # it must fit before anything is queued
         return plan
 
-    def _prompt(self, plan: SpeechPlan, index: int) -> prompts.Prompt:
-        """Chunk `index`'s prompt. A later chunk whose context of earlier chunks would not fit hears
-        fewer of them instead of failing half-way through an admitted request."""
+    def _prompt(self, plan: SpeechPlan, index: int, frames: int = 0) -> prompts.Prompt:
+        """Chunk `index`'s prompt: the conversation since the last re-base, while that leaves room for
+        `frames` of audio; else re-based (and the plan's later chunks continue from there). A chunk whose
+        re-based context would not fit at all hears fewer earlier chunks instead of failing half-way
+        through an admitted request."""
+        limit = self.settings.max_seq_len - 1
+        turns, _ = plan.history(index)
+        if len(turns) > (1 if plan.voice_from_first_chunk and index else 0):
+            try:
+                return self._tokenize(plan, index, turns, limit - frames)
+            except prompts.PromptTooLong:
+                pass
         dropped = 0
         while True:
-            messages, codes = plan.messages_and_codes(index, dropped)
+            turns, plan.history_start = plan.history(index, rebased=True, dropped=dropped)
             try:
-                return prompts.tokenize(messages, codes, self.loaded.tokenizer, self.loaded.config,
-                                        max_tokens=self.settings.max_seq_len - 1,
-                                        text_tokens=text_normalize.SOUND_EVENT_TOKENS)
+                return self._tokenize(plan, index, turns, limit)
             except prompts.PromptTooLong as exc:
-                if len(codes) == len(plan.conversation.codes):  # no earlier chunk left to leave out
+                if not turns:  # no earlier chunk left to leave out
                     raise InvalidRequest(f"the prompt is {exc.num_tokens} tokens long (text and reference audio); "
                                          f"the server's limit is {self.settings.max_seq_len}") from None
                 dropped += 1
+
+    def _tokenize(self, plan: SpeechPlan, index: int, turns: list, max_tokens: int) -> prompts.Prompt:
+        messages, codes = plan.messages_and_codes(index, turns)
+        return prompts.tokenize(messages, codes, self.loaded.tokenizer, self.loaded.config, max_tokens=max_tokens,
+                                text_tokens=text_normalize.SOUND_EVENT_TOKENS)
 
     # --- generation ---
     def submit_chunk(self, plan: SpeechPlan, index: int, sampling: Sampling) -> RequestHandle:
@@ -212,25 +245,31 @@ class Synthesizer:
             raise self._timed_out()
         chunk_seed = None if sampling.seed is None else sampling.seed + index
         return self.scheduler.submit(GenerationRequest(
-            prompt=plan.first_prompt if index == 0 else self._prompt(plan, index),
+            prompt=plan.first_prompt if index == 0 else self._prompt(plan, index, sampling.max_new_tokens),
             sampling=SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                                     seed=chunk_seed),
             max_new_frames=sampling.max_new_tokens,
             guard_frames=runaway_guard_frames(plan.chunks[index], self.settings.runaway_guard_multiple),
             timeout_s=remaining,
+            context=plan.context,
+            keep_context=plan.keeps_context(index),
         ), follow_up=index > 0)
 
     async def generate(self, plan: SpeechPlan, sampling: Sampling) -> Speech:
         audio, results = [], []
-        for index in range(len(plan.chunks)):
-            handle = self.submit_chunk(plan, index, sampling)
-            try:
-                result = await handle.wait()
-            finally:
-                handle.cancel()  # no-op once finished; frees the slot if the client went away
-            self.finish_chunk(plan, result)
-            audio.append(await self.audio_decoder.decode(plan.spoken[-1][1], exact=True))
-            results.append(result)
+        try:
+            for index in range(len(plan.chunks)):
+                handle = self.submit_chunk(plan, index, sampling)
+                try:
+                    result = await handle.wait()
+                except BaseException:  # the client went away: the slot is freed at the next step
+                    self.abandon(handle)
+                    raise
+                self.finish_chunk(plan, result)
+                audio.append(await self.audio_decoder.decode(plan.spoken[-1][1], exact=True))
+                results.append(result)
+        finally:
+            self.end(plan)
         samples = np.concatenate(audio)
         return _speech(samples, results, time.monotonic(), len(samples) / SAMPLE_RATE)
 
@@ -239,8 +278,20 @@ class Synthesizer:
         iterating the stream."""
         return SpeechStream(self, plan, sampling, self.submit_chunk(plan, 0, sampling))
 
+    def abandon(self, handle: RequestHandle) -> None:
+        """Stops a chunk nobody waits for any more, and releases a context it kept."""
+        if (context := handle.abandon()) is not None:
+            self.scheduler.release(context)
+
+    def end(self, plan: SpeechPlan) -> None:
+        """The plan is done (or abandoned): its kept context goes back to the engine."""
+        if plan.context is not None:
+            self.scheduler.release(plan.context)
+            plan.context = None
+
     def finish_chunk(self, plan: SpeechPlan, result: GenerationResult) -> None:
         """Raises if the chunk failed; otherwise keeps its audio codes as context for the next chunks."""
+        plan.context = result.context
         if result.finish_reason == "timeout":
             raise self._timed_out()
         if result.finish_reason in ("error", "cancelled"):
@@ -265,8 +316,8 @@ def _spoken(text: str, normalize_text: bool) -> str:
 def _speech(samples: np.ndarray, results: list[GenerationResult], first_audio_at: float,
             audio_seconds: float) -> Speech:
     finish = max((r.finish_reason for r in results), key=_FINISH_SEVERITY.index)
-    return Speech(samples, finish, sum(r.prompt_tokens for r in results), sum(r.steps for r in results),
-                  first_audio_at, audio_seconds)
+    return Speech(samples, finish, sum(r.prompt_tokens for r in results), sum(r.prefill_tokens for r in results),
+                  sum(r.steps for r in results), first_audio_at, audio_seconds)
 
 
 class SpeechStream:
@@ -297,7 +348,8 @@ class SpeechStream:
                 if tail is not None:
                     yield self._sent(await self._decoded(tail))
         finally:
-            handle.cancel()  # no-op once finished
+            synthesizer.abandon(handle)  # no-op once finished and handed on
+            synthesizer.end(self._plan)
         self.speech = _speech(np.zeros(0, dtype=np.float32), results, self.first_audio_at or time.monotonic(),
                               self.samples_sent / SAMPLE_RATE)
 

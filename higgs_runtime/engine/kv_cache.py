@@ -9,7 +9,8 @@ it could ever need (prompt plus its frame limit, capped at the per-request maxim
 so it never runs out half-way; blocks are then taken from the pool as it grows. A request whose
 prompt starts like an earlier one's starts with that request's cached blocks (shared, read-only:
 it writes only past them). When a request ends its blocks return to the pool, except the prompt
-blocks named in the prefix index, which stay cached while idle until the pool needs them.
+blocks named in the prefix index, which stay cached while idle until the pool needs them, and the
+blocks of a kept context (`contexts`), which a slot detaches and a later slot adopts.
 """
 
 from __future__ import annotations
@@ -79,9 +80,10 @@ class PagedKVCache:
     def blocks_available(self) -> int:
         return len(self._free) + self.prefixes.idle_blocks - sum(self._reserved.values())
 
-    def reserve(self, slot: int, tokens: int) -> bool:
-        """Promises `slot` enough blocks for `tokens` positions, if the pool can."""
-        needed = blocks_for(min(tokens, self.max_len))
+    def reserve(self, slot: int, tokens: int, adopted: int = 0) -> bool:
+        """Promises `slot` enough blocks for `tokens` positions, if the pool can; `adopted` of them are
+        blocks it will adopt from a kept context, which it holds already."""
+        needed = max(0, blocks_for(min(tokens, self.max_len)) - adopted)
         if needed > self.blocks_available:
             return False
         self._owned[slot], self._reserved[slot] = [], needed
@@ -117,7 +119,40 @@ class PagedKVCache:
             self.prefixes.add(name, block)
 
     def release(self, slot: int) -> None:
-        for block in reversed(self._owned.pop(slot, [])):
+        self.drop(self.detach(slot))
+
+    def detach(self, slot: int) -> list[int]:
+        """Takes the slot's blocks away from it, their keys and values kept (a kept context holds them
+        now); the slot is free for another request."""
+        blocks = self._owned.pop(slot, [])
+        self._reserved.pop(slot, None)
+        self.block_table[slot] = 0
+        self.lengths[slot] = 0
+        return blocks
+
+    def reusable(self, blocks: list[int], tokens: int) -> int:
+        """How many of the first `tokens` positions held in `blocks` a slot can adopt and write after:
+        the block where writing resumes must be this holder's alone and not a named prefix (those are
+        read-only), else it is left out and computed again."""
+        if tokens % BLOCK_SIZE == 0:
+            return tokens
+        block = blocks[tokens // BLOCK_SIZE]
+        if self._users[block] > 1 or self.prefixes.is_cached(block):
+            return tokens - tokens % BLOCK_SIZE
+        return tokens
+
+    def adopt(self, slot: int, blocks: list[int], tokens: int) -> None:
+        """Starts the slot (reserved, holding no block yet) with the blocks of its first `tokens`
+        positions (`reusable` ones) out of `blocks`; the rest go back to the pool."""
+        kept = blocks_for(tokens)
+        self.block_table[slot, :kept] = torch.tensor(blocks[:kept], dtype=torch.long)
+        self._owned[slot] = list(blocks[:kept])
+        self.lengths[slot] = tokens
+        self.drop(blocks[kept:])
+
+    def drop(self, blocks: list[int]) -> None:
+        """One holder fewer for each block; a block nobody holds is free (or an idle cached prefix)."""
+        for block in reversed(blocks):
             self._users[block] -= 1
             if self._users[block]:
                 continue
@@ -126,9 +161,6 @@ class PagedKVCache:
                 self._free += self.prefixes.park(block)
             else:
                 self._free.append(block)
-        self._reserved.pop(slot, None)
-        self.block_table[slot] = 0
-        self.lengths[slot] = 0
 
     def live_blocks(self, slots: list[int], tokens: list[int]) -> LiveBlocks:
         """The blocks holding the first `tokens[row]` positions of each row's slot, row after row (a

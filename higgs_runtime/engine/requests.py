@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..prompts import Prompt
+from .contexts import Context, Sequence
 from .sampling import SamplingParams
 
 FINISH_REASONS = ("stop", "length", "guard", "cancelled", "timeout", "error")
@@ -31,6 +32,9 @@ class GenerationRequest:
     max_new_frames: int
     guard_frames: int  # the runaway guard: stop once this many frames exist and the audio has not ended
     timeout_s: float
+    # The conversation's kept context this prompt continues (its KV is reused as far as the two agree).
+    context: Context | None = None
+    keep_context: bool = False  # keep this generation's KV as a context for the next turn
 
 
 @dataclass
@@ -39,6 +43,8 @@ class GenerationResult:
     finish_reason: str
     prompt_tokens: int
     steps: int  # decoding steps the model ran, stream begin/end frames included
+    prefill_tokens: int = 0  # prompt tokens computed; the rest came from a cached prefix or a kept context
+    context: Context | None = None  # this generation's kept context, when asked for
     error: str | None = None
 
 
@@ -57,12 +63,16 @@ class RequestHandle:
     request: GenerationRequest
     prefix_names: list = field(default_factory=list)  # names of the prompt's full KV blocks (prefix cache)
     follow_up: bool = False  # the next text chunk of a request already streaming
+    sequence: Sequence | None = None  # what the prompt puts in the cache, when contexts are involved
     submitted_at: float = field(default_factory=time.monotonic)
     steps: int = 0
+    prefill_tokens: int = 0
+    context: Context | None = None
     _frames: list = field(default_factory=list)
     _finish_reason: str | None = None
     _error: str | None = None
     _cancelled: bool = False
+    _abandoned: bool = False
     _lock: threading.Condition = field(default_factory=threading.Condition)
     _async_waiters: list = field(default_factory=list)
 
@@ -101,8 +111,23 @@ class RequestHandle:
         return self._finish_reason is not None
 
     def cancel(self) -> None:
-        """The caller no longer wants the result: the scheduler frees the slot at its next step."""
+        """Stop generating: the scheduler frees the slot at its next step. The result (and a kept
+        context, when asked for) still comes."""
         self._cancelled = True
+
+    def abandon(self) -> Context | None:
+        """The caller wants nothing more, a kept context neither: generation stops and no context is kept
+        from now on. Returns a context kept before this call, for the caller to release."""
+        with self._lock:
+            self._cancelled = self._abandoned = True
+            return self.context
+
+    def keep_context(self, keep) -> None:
+        """Engine side: `keep()` makes the kept context, unless the caller abandoned the request (atomic
+        with `abandon`)."""
+        with self._lock:
+            if not self._abandoned:
+                self.context = keep()
 
     def snapshot(self, start: int = 0) -> tuple[list[np.ndarray], str | None]:
         with self._lock:
@@ -148,4 +173,5 @@ class RequestHandle:
     def _result(self) -> GenerationResult:
         num_codebooks = self.request.prompt.audio_frames.shape[1]
         frames = np.stack(self._frames) if self._frames else np.zeros((0, num_codebooks), dtype=np.int64)
-        return GenerationResult(frames, self._finish_reason, self.request.prompt.num_tokens, self.steps, self._error)
+        return GenerationResult(frames, self._finish_reason, self.request.prompt.num_tokens, self.steps,
+                                self.prefill_tokens, self.context, self._error)

@@ -16,6 +16,10 @@ never fails half-way; until then it waits in the queue). A prompt that starts li
 Prompts are always prefilled in the same chunks, [0, C), [C, 2C), ... with C = prefill_chunk_tokens,
 and reuse cached blocks only up to a chunk boundary: a request computes exactly what it would have
 computed without the cache or its neighbours, so the same seed gives the same audio.
+
+A request may keep its KV as a context when it ends (`contexts`), and the next turn of its
+conversation continues it: it adopts the context's blocks as far as its prompt agrees with them and
+prefills only the rest (from wherever that is, not a chunk boundary).
 """
 
 from __future__ import annotations
@@ -24,16 +28,17 @@ import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..cpu_threads import use_all_cores
 from .batched_model import BatchedModel, bucket
+from .contexts import Context, Sequence
 from .decode_step import DecodeStep
 from .kv_cache import LiveBlocks
-from .paged_attention import BLOCK_SIZE
+from .paged_attention import BLOCK_SIZE, blocks_for
 from .prefill_pacing import FrameTimes, PrefillPacer
 from .prefix_cache import block_hashes
 from .requests import GenerationRequest, QueueFull, RequestHandle, RequestTooLarge
@@ -51,6 +56,7 @@ class EngineLoad:
     prefix_cached_blocks: int
     prefix_hit_blocks: int  # since start
     prefill_deferred_steps: int  # since start: steps in which pacing held new arrivals' prefill back
+    kept_contexts: int  # conversations' contexts waiting for their next turn
 
 
 @dataclass(eq=False)  # identity: two running requests are never "equal"
@@ -61,16 +67,19 @@ class _Running:
     frame_times: FrameTimes  # when its latest frames reached the host
     prefix_looked_up: bool = False
     audio_ending: bool = False  # a codebook has emitted stream-end
+    continued: bool = False  # started from a kept context
+    next_frame: np.ndarray | None = None  # the frame the next decoding step feeds
+    fed: list = field(default_factory=list)  # frames fed so far, one per position after the prompt
 
 
 class Scheduler:
     def __init__(self, model, max_batch_size: int, max_queue_size: int, max_seq_len: int,
                  kv_cache_tokens: int | None = None, ras: RepetitionAware = RepetitionAware(),
                  cuda_graphs: bool = True, prefill_chunk_tokens: int = 128, prefix_cache_tokens: int | None = None,
-                 prefill_pacer: PrefillPacer | None = None, on_load_change=None):
+                 prefill_pacer: PrefillPacer | None = None, on_load_change=None, context_idle_s: float = 300.0):
         """`kv_cache_tokens` is the KV budget shared by all requests (default: max_batch_size x max_seq_len);
         `prefix_cache_tokens` bounds idle cached prompt prefixes (default: half the budget); without a
-        `prefill_pacer` prefill is not paced."""
+        `prefill_pacer` prefill is not paced; a kept context idle for `context_idle_s` is released."""
         self.batched = BatchedModel(model, max_batch_size, max_seq_len, kv_cache_tokens or max_batch_size * max_seq_len,
                                     prefix_cache_tokens)
         self.prefill_chunk_tokens = prefill_chunk_tokens
@@ -85,6 +94,9 @@ class Scheduler:
         self._prefilling: collections.deque[_Running] = collections.deque()  # admitted, prompt not yet all in cache
         self._running: list[_Running] = []  # decoding
         self._free_slots = list(range(max_batch_size))
+        self.context_idle_s = context_idle_s
+        self._idle_contexts: collections.OrderedDict[Context, None] = collections.OrderedDict()  # oldest first
+        self._releasing: list[Context] = []  # released by their owners, for the engine thread to free
         # The running rows' slots (padded), their top-k width and live blocks: rebuilt when they change.
         self._batch_slots: torch.Tensor | None = None
         self._top_k = 1
@@ -114,9 +126,11 @@ class Scheduler:
         if request.prompt.num_tokens >= self.max_seq_len:
             raise RequestTooLarge(f"the prompt is {request.prompt.num_tokens} tokens long; the engine's limit per "
                                   f"request is {self.max_seq_len} tokens (prompt and audio together)")
-        prompt = request.prompt
-        handle = RequestHandle(request, block_hashes(prompt.input_ids, prompt.audio_frames, self.batched.audio_token_ids),
+        prompt, audio_ids = request.prompt, self.batched.audio_token_ids
+        handle = RequestHandle(request, block_hashes(prompt.input_ids, prompt.audio_frames, audio_ids),
                                follow_up=follow_up)
+        if request.context is not None or request.keep_context:
+            handle.sequence = Sequence.of_prompt(prompt, audio_ids)
         with self._wakeup:
             if follow_up:
                 self._waiting.appendleft(handle)
@@ -128,6 +142,12 @@ class Scheduler:
             self._wakeup.notify_all()
         return handle
 
+    def release(self, context: Context) -> None:
+        """The conversation is over: its kept context's blocks go back to the pool (at the next step)."""
+        with self._wakeup:
+            self._releasing.append(context)
+            self._wakeup.notify_all()
+
     @property
     def running_count(self) -> int:
         return len(self._prefilling) + len(self._running)
@@ -136,7 +156,8 @@ class Scheduler:
     def load(self) -> EngineLoad:
         cache = self.batched.cache
         return EngineLoad(len(self._waiting), len(self._prefilling) + len(self._running), cache.blocks_used,
-                          cache.num_blocks, cache.prefixes.cached_blocks, cache.prefixes.hits, self.pacer.deferred_total)
+                          cache.num_blocks, cache.prefixes.cached_blocks, cache.prefixes.hits, self.pacer.deferred_total,
+                          len(self._idle_contexts))
 
     # --- the scheduler thread ---
     def _report_load(self) -> None:
@@ -151,10 +172,13 @@ class Scheduler:
         while True:
             with self._wakeup:
                 self._report_load()
-                self._wakeup.wait_for(lambda: self._stopping or self._waiting or self._prefilling or self._running)
+                self._wakeup.wait_for(lambda: self._stopping or self._waiting or self._prefilling or self._running
+                                      or self._releasing, timeout=self._until_a_context_expires())
                 if self._stopping:
                     break
+                releasing, self._releasing = self._releasing, []
             try:
+                self._free_contexts(releasing)
                 self._admit()
                 self._prefill_round()
                 self._report_load()
@@ -168,7 +192,53 @@ class Scheduler:
             self._finish(running, "cancelled")
         for handle in self._waiting:
             handle.finish("cancelled")
+        self._free_contexts(list(self._idle_contexts))
 
+    # --- kept contexts (the scheduler thread) ---
+    def _until_a_context_expires(self) -> float | None:
+        if not self._idle_contexts:
+            return None
+        oldest = next(iter(self._idle_contexts))
+        return max(0.0, oldest.last_used + self.context_idle_s - time.monotonic())
+
+    def _free_contexts(self, released: list[Context]) -> None:
+        """Frees the contexts their owners released and those idle past the limit."""
+        now = time.monotonic()
+        expired = [c for c in self._idle_contexts if now - c.last_used >= self.context_idle_s]
+        for context in [*released, *expired]:
+            if not context.released:
+                self._idle_contexts.pop(context, None)
+                self.batched.cache.drop(context.blocks)
+                context.released = True
+
+    def _evict_idle_context(self, spare: Context | None) -> bool:
+        """Frees the least recently used idle context (but `spare`), to admit a waiting request."""
+        victim = next((c for c in self._idle_contexts if c is not spare), None)
+        if victim is not None:
+            self._free_contexts([victim])
+        return victim is not None
+
+    def _reusable_context(self, handle: RequestHandle) -> tuple[Context | None, int]:
+        """The kept context a request continues, and how many of its positions the request reuses: as
+        far as its prompt agrees with the context, short of the prompt's last position (whose logits
+        give the first frame)."""
+        context = handle.request.context
+        if context is None or context.released:
+            return None, 0
+        agreed = min(context.sequence.common_prefix(handle.sequence), handle.request.prompt.num_tokens - 1)
+        return context, self.batched.cache.reusable(context.blocks, agreed)
+
+    def _keep_context(self, running: _Running) -> Context:
+        """The slot's KV becomes a kept context: the prompt's positions in the cache, then the frames fed."""
+        cache, handle = self.batched.cache, running.handle
+        prompt_part = min(running.cached_tokens, handle.request.prompt.num_tokens)
+        sequence = handle.sequence.truncated(prompt_part).extended(running.fed)
+        blocks = cache.detach(running.slot)
+        kept = blocks_for(running.cached_tokens)
+        cache.drop(blocks[kept:])  # taken ahead for a position never written
+        context = Context(blocks[:kept], sequence)
+        self._idle_contexts[context] = None
+        return context
     def _admit(self) -> None:
         """First come, first served: the head of the queue waits for KV blocks rather than being overtaken.
         Queued requests whose client left or whose time ran out leave the queue at once."""
@@ -184,11 +254,19 @@ class Scheduler:
                 handle = self._waiting[0]
                 request = handle.request
                 slot = self._free_slots[-1]
-                if not cache.reserve(slot, request.prompt.num_tokens + request.max_new_frames):
+                context, reused = self._reusable_context(handle)
+                if not cache.reserve(slot, request.prompt.num_tokens + request.max_new_frames, blocks_for(reused)):
+                    if self._evict_idle_context(spare=context):
+                        continue
                     return
                 self._waiting.popleft()
                 self._free_slots.pop()
-            running = _Running(handle, slot, cached_tokens=0, frame_times=self.pacer.frame_times())
+            running = _Running(handle, slot, cached_tokens=reused, frame_times=self.pacer.frame_times())
+            if context is not None:
+                self._idle_contexts.pop(context, None)
+                context.released = True  # its blocks are the slot's now
+                cache.adopt(slot, context.blocks, reused)
+                running.continued = running.prefix_looked_up = True
             # Follow-ups lead the prefill queue, in their own order.
             leading = sum(1 for r in self._prefilling if r.handle.follow_up) if handle.follow_up else len(self._prefilling)
             self._prefilling.insert(leading, running)
@@ -237,9 +315,11 @@ class Scheduler:
             audio = torch.from_numpy(prompt.audio_frames)
             logits = self.batched.prefill(running.slot, prompt.input_ids, audio, start, end)
             running.cached_tokens, budget = end, budget - (end - start)
+            handle.prefill_tokens += end - start
             if end == prompt.num_tokens:
                 self._prefilling.popleft()
-                self.batched.cache.remember_prefix(running.slot, handle.prefix_names)
+                if not running.continued:  # a context's blocks hold decoded KV, not a prefill's: never shared
+                    self.batched.cache.remember_prefix(running.slot, handle.prefix_names)
                 self._start_decoding(running, logits, audio)
         if self.pacer.enabled and budget < self.prefill_chunk_tokens:
             if self.device.type == "cuda":  # the time of the work, not of its launch
@@ -278,12 +358,14 @@ class Scheduler:
         self.pacer.decode_took(arrived - started)
         for running, host_frame in zip(batch, on_host):
             running.cached_tokens += 1
+            running.fed.append(running.next_frame)
             self._continue_or_finish(running, host_frame, arrived)
 
     def _continue_or_finish(self, running: _Running, host_frame: np.ndarray, arrived: float) -> None:
         """`arrived`: when the frame reached the host."""
         handle, request = running.handle, running.handle.request
         handle.steps += 1
+        running.next_frame = host_frame
         running.frame_times.append(arrived)
         ended = host_frame == self.config.audio_stream_eos_id
         running.audio_ending |= bool(ended.any())
@@ -307,6 +389,10 @@ class Scheduler:
             self._batch_slots = None
         else:
             self._prefilling.remove(running)
-        self.batched.cache.release(running.slot)
+        handle = running.handle
+        if handle.request.keep_context and reason != "error":
+            handle.keep_context(lambda: self._keep_context(running))
+        if handle.context is None:
+            self.batched.cache.release(running.slot)
         self._free_slots.append(running.slot)
-        running.handle.finish(reason, error)
+        handle.finish(reason, error)

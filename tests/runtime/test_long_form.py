@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
 
 from higgs_runtime import prompts
 from higgs_runtime.config import Settings
+from higgs_runtime.engine.requests import GenerationRequest
+from higgs_runtime.engine.sampling import SamplingParams
 from higgs_runtime.speech import Sampling, Synthesizer
 from higgs_runtime.voices import CATALOG_PATH, VoiceStore
 
@@ -35,48 +38,107 @@ def test_script_is_split_and_generated_chunk_by_chunk(synthesizer):
     speech = asyncio.run(synthesizer.generate(plan, SAMPLING))
     assert len(plan.spoken) == 4
     assert len(speech.samples) == sum(codes.shape[1] for _, codes in plan.spoken) * 960
-    assert speech.completion_tokens <= 4 * 40
+    assert speech.completion_tokens <= 4 * (40 + 8)
+    # Each chunk continued the one before: only its own turn was computed.
+    assert speech.prefill_tokens < speech.prompt_tokens / 2
+    assert plan.context is None and wait_for_no_kept_context(synthesizer)
 
 
-def test_first_chunk_becomes_the_voice_and_recent_chunks_stay_in_context(synthesizer):
+def wait_for_no_kept_context(synthesizer, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while synthesizer.scheduler.load.kept_contexts and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return synthesizer.scheduler.load.kept_contexts == 0
+
+
+def user_texts(messages: list[dict]) -> list[str]:
+    return [m["content"][0]["text"] for m in messages if m["role"] == "user"]
+
+
+def test_first_chunk_becomes_the_voice_and_earlier_chunks_stay_in_context(synthesizer):
     plan = synthesizer.plan_plain(SCRIPT, "A quiet study.")
     asyncio.run(synthesizer.generate(plan, SAMPLING))
-    messages, codes = plan.messages_and_codes(3)
+    turns, _ = plan.history(3)
+    messages, codes = plan.messages_and_codes(3, turns)
     roles = [message["role"] for message in messages]
     # system, scene, then chunk 0 as the reference voice, chunks 1 and 2 as context, chunk 3 to say.
     assert roles == ["system", "scene", "user", "assistant", "user", "assistant", "user", "assistant", "user"]
-    texts = [m["content"][0]["text"] for m in messages if m["role"] == "user"]
-    assert texts == plan.chunks[:4]
+    assert user_texts(messages) == plan.chunks[:4]
     assert len(codes) == 3
     for (_, spoken), used in zip(plan.spoken[:3], codes):
         assert np.array_equal(spoken, used)
 
 
-def test_context_keeps_only_the_last_chunks(synthesizer):
-    plan = synthesizer.plan_clone(SCRIPT, None, reference_audio=np.zeros(24000, dtype=np.float32) + 0.01,
+def test_the_context_grows_until_the_audio_would_not_fit_then_is_rebased_once(tiny_model, synthesizer, tmp_path):
+    script = " ".join(f"Sentence {i} is here to make the text long enough." for i in range(8))
+    plan = synthesizer.plan_clone(script, None, reference_audio=np.zeros(24000, dtype=np.float32) + 0.01,
                                   reference_text="A reference.")
     asyncio.run(synthesizer.generate(plan, SAMPLING))
-    messages, codes = plan.messages_and_codes(3)
-    texts = [m["content"][0]["text"] for m in messages if m["role"] == "user"]
-    assert texts == ["A reference.", plan.chunks[1], plan.chunks[2], plan.chunks[3]]
-    assert len(codes) == 3
+    turns = len(plan.chunks) - 1
+    full = synthesizer._tokenize(plan, turns, plan.history(turns)[0], 10 ** 6).num_tokens
+    tight = Synthesizer(tiny_model.loaded, VoiceStore(CATALOG_PATH, tmp_path / "p", tmp_path / "v"),
+                        Settings(device="cpu", long_form_chunk_chars=70, long_form_context_chunks=2,
+                                 max_seq_len=full - 30 + SAMPLING.max_new_tokens))
+    try:
+        replan = tight.plan_clone(script, None, reference_audio=np.zeros(24000, dtype=np.float32) + 0.01,
+                                  reference_text="A reference.")
+        speech = asyncio.run(tight.generate(replan, SAMPLING))
+    finally:
+        tight.close()
+    rebase = replan.history_start
+    assert 0 < rebase < turns  # re-based once on the way: the later chunks kept growing from there
+    messages, _ = replan.messages_and_codes(turns, replan.history(turns)[0])
+    assert user_texts(messages) == ["A reference.", *replan.chunks[rebase:turns + 1]]
+    assert speech.prefill_tokens < speech.prompt_tokens
 
 
 def test_a_later_chunk_hears_fewer_earlier_chunks_rather_than_fail(tiny_model, synthesizer, tmp_path):
     plan = synthesizer.plan_plain(SCRIPT, None)
     asyncio.run(synthesizer.generate(plan, SAMPLING))
-    full = synthesizer._prompt(plan, 3).num_tokens
-    alone = prompts.tokenize(*plan.messages_and_codes(3, dropped=3), tiny_model.tokenizer, tiny_model.config).num_tokens
+    full = synthesizer._tokenize(plan, 3, plan.history(3, rebased=True)[0], 10 ** 6).num_tokens
+    alone = synthesizer._tokenize(plan, 3, plan.history(3, rebased=True, dropped=3)[0], 10 ** 6).num_tokens
     tight = Synthesizer(tiny_model.loaded, VoiceStore(CATALOG_PATH, tmp_path / "p", tmp_path / "v"),
                         Settings(device="cpu", long_form_chunk_chars=70, max_seq_len=alone + 1 + (full - alone) // 2))
     try:
-        prompt = tight._prompt(plan, 3)  # the full context does not fit this limit
+        prompt = tight._prompt(plan, 3)  # the re-based context does not fit this limit either
     finally:
         tight.close()
     assert alone < prompt.num_tokens < full
-    messages, _ = plan.messages_and_codes(3, dropped=1)  # the oldest recent chunk left out, the voice kept
-    assert [m["content"][0]["text"] for m in messages if m["role"] == "user"] == [plan.chunks[0], plan.chunks[2],
-                                                                                 plan.chunks[3]]
+    messages, _ = plan.messages_and_codes(3, plan.history(3, rebased=True, dropped=1)[0])
+    # the oldest recent chunk left out, the voice kept
+    assert user_texts(messages) == [plan.chunks[0], plan.chunks[2], plan.chunks[3]]
+
+
+def test_a_continued_chunk_speaks_as_its_conversation_computed_whole(tiny_model, synthesizer):
+    """Greedy codes of chunks that continued the previous chunk's KV equal those of the same prompt
+    prefilled the usual way (from nothing but the prefix cache), bit for bit on CPU; and a continued
+    chunk computes only its own turn."""
+    greedy = Sampling(temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=40, seed=3)
+    plan = synthesizer.plan_plain(SCRIPT, "A quiet study.")
+    results = []
+    original = synthesizer.finish_chunk
+
+    def recording(plan, result):
+        results.append(result)
+        original(plan, result)
+
+    synthesizer.finish_chunk = recording
+    try:
+        asyncio.run(synthesizer.generate(plan, greedy))
+    finally:
+        del synthesizer.finish_chunk
+    for index in (1, 2, 3):
+        prompt = synthesizer._tokenize(plan, index, plan.history(index)[0], 10 ** 6)
+        assert results[index].prompt_tokens == prompt.num_tokens
+        new_turn = prompt.num_tokens - results[index - 1].prompt_tokens - results[index - 1].steps
+        # The previous prompt is never computed again; of the previous chunk's frames, those from where
+        # they differ from the conversation's record of its audio (codes clipped, the end marker) are.
+        assert new_turn <= results[index].prefill_tokens <= new_turn + results[index - 1].steps
+        whole = synthesizer.scheduler.submit(GenerationRequest(
+            prompt=prompt, sampling=SamplingParams(temperature=0.0, top_p=1.0, top_k=0, seed=3 + index),
+            max_new_frames=40, guard_frames=10 ** 6, timeout_s=60)).result(60)
+        assert whole.prefill_tokens > results[index].prefill_tokens
+        assert np.array_equal(whole.frames, results[index].frames), f"chunk {index}"
 
 
 def test_long_script_streams_chunk_after_chunk(synthesizer):
@@ -122,3 +184,4 @@ def test_the_next_chunk_is_queued_before_the_tail_is_sent_and_cancelled_if_the_c
     assert follow_up.result(30).finish_reason == "cancelled"
     load = synthesizer.scheduler.load
     assert load.running == 0 and load.queue_depth == 0
+    assert wait_for_no_kept_context(synthesizer)  # neither chunk 1's context nor chunk 2's stays behind
