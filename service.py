@@ -10,8 +10,8 @@ from starlette.middleware.cors import CORSMiddleware
 
 from higgs_api.app import GENERATION_PATHS, OPEN_PATHS, create_app
 from higgs_api.drain import Drain, DrainGate
-from higgs_api.middleware import (ApiKeyAuth, BodySizeLimit, CancelOnDisconnect, ClientErrorLogFilter, ErrorContract,
-                                  RequestId, RequestIdLogFilter)
+from higgs_api.middleware import (ApiKeyAuth, ApiKeys, BodySizeLimit, CancelOnDisconnect, ClientErrorLogFilter,
+                                  ErrorContract, RequestId, RequestIdLogFilter)
 from higgs_api.rest import RestApi
 from higgs_api.state import ServerState
 from higgs_api.voices import UPLOAD_ROUTE, VoiceApi
@@ -32,6 +32,7 @@ logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogF
 settings = for_worker(Settings.from_env(), bentoml.server_context.worker_index)
 WORKERS = worker_count(settings)
 drain = Drain(settings.drain_timeout_s)
+api_keys = ApiKeys(settings.api_key_set())
 http_app = create_app(lambda: HiggsAudio.openapi_spec.asdict())
 
 
@@ -46,7 +47,7 @@ http_app = create_app(lambda: HiggsAudio.openapi_spec.asdict())
 @bentoml.asgi_app(http_app, path="/")
 class HiggsAudio(RestApi, VoiceApi):
     def __init__(self) -> None:
-        self.state = ServerState(settings)
+        self.state = ServerState(settings, api_keys)
 
     @bentoml.on_startup
     async def _drain_on_sigterm(self) -> None:
@@ -69,7 +70,7 @@ if settings.cors_origin_list:
 HiggsAudio.add_asgi_middleware(ErrorContract)
 HiggsAudio.add_asgi_middleware(DrainGate, drain=drain, refused_paths=GENERATION_PATHS,
                                untracked_paths=OPEN_PATHS | {"/metrics"})
-HiggsAudio.add_asgi_middleware(ApiKeyAuth, keys=settings.api_key_set(), open_paths=OPEN_PATHS)
+HiggsAudio.add_asgi_middleware(ApiKeyAuth, keys=api_keys, open_paths=OPEN_PATHS)
 HiggsAudio.add_asgi_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, upload_path=UPLOAD_ROUTE,
                                max_upload_bytes=settings.max_upload_bytes + 64 * 1024)
 HiggsAudio.add_asgi_middleware(CancelOnDisconnect)

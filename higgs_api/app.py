@@ -12,14 +12,15 @@ from starlette.responses import JSONResponse
 
 from higgs_runtime import __version__
 
-from . import api_docs, openai, playground, rest, voices
+from . import api_docs, openai, playground, realtime, rest, voices
 from .errors import ApiError, error_body, validation_error
 
 # BentoML's probes, its schema (its client reads it first: a 401 there would hide the real error), the
 # pages and their files.
 OPEN_PATHS = frozenset({"/health", "/livez", "/readyz", "/schema.json", *playground.PUBLIC_PATHS,
                         *api_docs.PUBLIC_PATHS})
-GENERATION_PATHS = frozenset({"/generate", "/generate/voice-clone", "/generate/multi-speaker", "/v1/audio/speech"})
+GENERATION_PATHS = frozenset({"/generate", "/generate/voice-clone", "/generate/multi-speaker", "/v1/audio/speech",
+                              realtime.LIVE_PATH})
 
 
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -31,7 +32,7 @@ def create_app(bentoml_spec: Callable[[], dict]) -> FastAPI:
     app = FastAPI(title=api_docs.TITLE, version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
-    for router in (rest.router, voices.router, openai.router):
+    for router in (rest.router, voices.router, openai.router, realtime.router):
         app.include_router(router)
     playground.add_routes(app)
     api_docs.add_routes(app, bentoml_spec)

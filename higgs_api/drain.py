@@ -80,8 +80,8 @@ class Drain:
 
 
 class DrainGate:
-    """While draining, refuses new requests on `refused_paths` with 503; every other request (probes
-    aside) is tracked, so the drain waits for it."""
+    """While draining, refuses new requests (and live sessions) on `refused_paths` with 503; every other
+    request (probes aside) and every live session is tracked, so the drain waits for it."""
 
     def __init__(self, app: ASGIApp, drain: Drain, refused_paths: frozenset[str], untracked_paths: frozenset[str]):
         self.app, self.drain = app, drain
@@ -89,10 +89,10 @@ class DrainGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path in self.untracked_paths:
+        if scope["type"] not in ("http", "websocket") or path in self.untracked_paths:
             return await self.app(scope, receive, send)
         if self.drain.draining and path in self.refused_paths:
             return await send_error(send, 503, "this server is shutting down and takes no new generations; "
-                                     f"retry in {RETRY_AFTER_S} s (another replica will answer)", path,
-                                     [(b"retry-after", str(RETRY_AFTER_S).encode())])
+                                    f"retry in {RETRY_AFTER_S} s (another replica will answer)", path,
+                                    [(b"retry-after", str(RETRY_AFTER_S).encode())], websocket=scope["type"] == "websocket")
         await self.drain.track(self.app, scope, receive, send)

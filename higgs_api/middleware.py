@@ -40,11 +40,13 @@ def _openai_error(status: int, message: str, param: str | None, code: str | None
     return {"error": {"message": message, "type": kind, "code": code or default_code, "param": param}}
 
 
-async def send_error(send: Send, status: int, detail: str, path: str, extra_headers=()) -> None:
-    """Answers an error in the shape of `path`'s API, before or instead of the app."""
+async def send_error(send: Send, status: int, detail: str, path: str, extra_headers=(), websocket: bool = False) -> None:
+    """Answers an error in the shape of `path`'s API, before or instead of the app; on a WebSocket
+    handshake, as its HTTP answer (ASGI's denial response)."""
     headers, body = _json_body(status, detail, path)
-    await send({"type": "http.response.start", "status": status, "headers": headers + list(extra_headers)})
-    await send({"type": "http.response.body", "body": body})
+    kind = "websocket.http.response" if websocket else "http.response"
+    await send({"type": f"{kind}.start", "status": status, "headers": headers + list(extra_headers)})
+    await send({"type": f"{kind}.body", "body": body})
 
 
 class RequestId:
@@ -81,28 +83,47 @@ class RequestIdLogFilter(logging.Filter):
         return True
 
 
+class ApiKeys:
+    """The server's API keys (none: the server is open). Keys are compared as bytes, as they arrive: a
+    header value may hold any byte (HTTP allows obs-text), and a comparison on text would fail on it
+    instead of refusing it."""
+
+    def __init__(self, keys: frozenset[str]):
+        self._keys = frozenset(key.encode() for key in keys)
+
+    @property
+    def required(self) -> bool:
+        return bool(self._keys)
+
+    def accepts(self, key: bytes) -> bool:
+        return any(hmac.compare_digest(key, known) for known in self._keys)
+
+    def accepts_header(self, header: bytes) -> bool:
+        """`Authorization: Bearer <key>`."""
+        scheme, _, key = header.partition(b" ")
+        return scheme.lower() == b"bearer" and self.accepts(key.strip())
+
+
+def authorization(scope: Scope) -> bytes:
+    return dict(scope["headers"]).get(b"authorization", b"")
+
+
 class ApiKeyAuth:
-    """With keys configured, every route but the open ones needs `Authorization: Bearer <key>`.
+    """With keys configured, every HTTP route but the open ones needs `Authorization: Bearer <key>`. (The
+    live WebSocket route checks its own: a browser cannot set headers there, so it may send the key in
+    its first message.)"""
 
-    Keys are compared as bytes, as they arrive: a header value may hold any byte (HTTP allows
-    obs-text), and a comparison on text would fail on it instead of refusing it."""
-
-    def __init__(self, app: ASGIApp, keys: frozenset[str], open_paths: frozenset[str]):
-        self.app, self.open_paths = app, open_paths
-        self.keys = frozenset(key.encode() for key in keys)
+    def __init__(self, app: ASGIApp, keys: ApiKeys, open_paths: frozenset[str]):
+        self.app, self.keys, self.open_paths = app, keys, open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or not self.keys.required or scope["path"] in self.open_paths:
             return await self.app(scope, receive, send)
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        if self.accepts(header):
+        header = authorization(scope)
+        if self.keys.accepts_header(header):
             return await self.app(scope, receive, send)
         detail = "invalid API key" if header else "missing API key: send the header 'Authorization: Bearer <key>'"
         await send_error(send, 401, detail, scope["path"], [(b"www-authenticate", b"Bearer")])
-
-    def accepts(self, header: bytes) -> bool:
-        scheme, _, key = header.partition(b" ")
-        return scheme.lower() == b"bearer" and any(hmac.compare_digest(key.strip(), k) for k in self.keys)
 
 
 class BodySizeLimit:

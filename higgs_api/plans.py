@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
+
 from higgs_runtime.audio import decode_base64_audio
 from higgs_runtime.config import Settings
 from higgs_runtime.speech import Sampling, SpeechPlan, Synthesizer
@@ -50,7 +52,11 @@ def clone_plan(settings: Settings, synthesizer: Synthesizer, text: str, scene_pr
     if voice is not None:
         return synthesizer.plan_clone(text, scene_prompt, voice=voice, reference_text=reference_text,
                                       normalize=normalize_text)
-    clip = decode_base64_audio(reference_audio, min_seconds=settings.min_reference_seconds,
+    return synthesizer.plan_clone(text, scene_prompt, reference_audio=decoded_clip(settings, reference_audio),
+                                  reference_text=reference_text, normalize=normalize_text)
+
+
+def decoded_clip(settings: Settings, reference_audio: str) -> np.ndarray:
+    """A base64 clip (WAV, MP3 or FLAC) as 24 kHz samples, within the reference length limits. Blocking."""
+    return decode_base64_audio(reference_audio, min_seconds=settings.min_reference_seconds,
                                max_seconds=settings.max_reference_seconds)
-    return synthesizer.plan_clone(text, scene_prompt, reference_audio=clip, reference_text=reference_text,
-                                  normalize=normalize_text)

@@ -154,3 +154,49 @@ class AudioVoices(BaseModel):
     """What Open WebUI and Home Assistant read from `GET /v1/audio/voices`."""
 
     voices: list[AudioVoice]
+
+
+# --- live sessions (GET /v1/audio/speech/stream, WebSocket): the client's messages ---------------------
+
+class LiveMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SessionConfig(LiveMessage):
+    """The first message: the voice and sampling of every segment."""
+
+    type: Literal["session.config"]
+    voice: str | None = Field(None, description="A voice or alias, as on /v1/audio/speech.")
+    ref_audio: str | None = Field(None, description="Base64 WAV, MP3 or FLAC clip to clone (instead of voice).")
+    ref_text: str | None = Field(None, description="Transcript of ref_audio.")
+    voice_description: VoiceDescriptionText = None
+    scene_prompt: ScenePrompt = None
+    temperature: Temperature = 0.7
+    top_p: TopP = 0.95
+    top_k: TopK = 50
+    seed: Seed = None
+    max_new_tokens: MaxNewTokens = 1024
+    normalize_text: NormalizeText = True
+    api_key: str | None = Field(None, max_length=1024, description="For browsers, which cannot set the "
+                                                                   "Authorization header on a WebSocket.")
+
+
+class InputText(LiveMessage):
+    type: Literal["input.text"]
+    text: str
+
+
+class InputFlush(LiveMessage):
+    type: Literal["input.flush"]
+
+
+class InputDone(LiveMessage):
+    type: Literal["input.done"]
+
+
+class ResponseCancel(LiveMessage):
+    type: Literal["response.cancel"]
+
+
+LIVE_MESSAGES = {model.model_fields["type"].annotation.__args__[0]: model
+                 for model in (SessionConfig, InputText, InputFlush, InputDone, ResponseCancel)}

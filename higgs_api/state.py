@@ -16,13 +16,16 @@ from higgs_runtime.speech import Speech, Synthesizer
 from higgs_runtime.voices import CATALOG_PATH, VoiceStore, fetch_presets, load_catalog, parse_voice_aliases
 
 from .errors import ApiError
+from .middleware import ApiKeys
 
 log = logging.getLogger("higgs_audio.state")
 
 
 class ServerState:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, api_keys: ApiKeys):
         self.settings = settings
+        self.api_keys = api_keys
+        self.live_sessions = 0  # WebSocket sessions open on this worker
         self.started_at = int(time.time())
         # Prometheus' multiprocess directory exists only once a worker runs: metrics are made here, not at import.
         self.metrics = ServiceMetrics()

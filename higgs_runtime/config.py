@@ -105,6 +105,14 @@ class Settings:
     long_form_context_chunks: int = 2
     # A conversation's kept context (its KV, between two chunks or segments) idle this long is released.
     context_idle_s: float = 300.0
+    # Live sessions (the WebSocket route): at once per worker, a message's size (session.config carries
+    # a base64 clip), text waiting to be spoken, a session's length, and how long one may sit idle (no
+    # message while nothing is spoken; the first message too).
+    live_sessions: int = 16
+    live_message_bytes: int = 8 * 1024 * 1024
+    live_buffered_chars: int = 5000
+    live_session_s: float = 3600.0
+    live_idle_s: float = 60.0
     # Optional API keys: a comma-separated list and/or a file with one key per line.
     api_keys: str = ""
     api_keys_file: str = ""
@@ -133,7 +141,8 @@ class Settings:
         positive = ("max_text_chars", "max_scene_chars", "max_transcript_chars", "max_description_chars",
                     "max_speakers", "max_new_tokens_cap", "max_request_bytes", "max_upload_bytes",
                     "max_batch_size", "max_queue_size", "max_seq_len", "stream_first_chunk_frames", "long_form_chunk_chars",
-                    "stream_chunk_frames", "prefill_chunk_tokens", "drain_timeout_s", "context_idle_s")
+                    "stream_chunk_frames", "prefill_chunk_tokens", "drain_timeout_s", "context_idle_s",
+                    "live_sessions", "live_message_bytes", "live_buffered_chars", "live_session_s", "live_idle_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"HIGGS_{name.upper()} must be positive")

@@ -130,10 +130,11 @@ class SpeechPlan:
         recent = spoken[start:]
         return (pinned if dropped <= len(recent) else []) + recent[dropped:], start + min(dropped, len(recent))
 
-    def messages_and_codes(self, index: int, turns: list) -> tuple[list[dict], list[np.ndarray]]:
+    def messages_and_codes(self, index: int | None, turns: list) -> tuple[list[dict], list[np.ndarray]]:
         """Chunk `index`'s conversation: the fixed part, then the earlier chunks `turns` as user text +
         assistant audio."""
-        messages = prompts.with_history(self.conversation.build(self.chunks[index]), [text for text, _ in turns])
+        text = "" if index is None else self.chunks[index]
+        messages = prompts.with_history(self.conversation.build(text), [text for text, _ in turns])
         return messages, self.conversation.codes + [codes for _, codes in turns]
 
 
@@ -161,24 +162,43 @@ class Synthesizer:
     # --- plans per mode (`normalize`: rewrite the text as the checkpoint expects, see text_normalize) ---
     def plan_plain(self, text: str, scene_prompt: str | None, voice_description: str | None = None,
                    normalize: bool = True) -> SpeechPlan:
-        conversation = Conversation(lambda chunk: prompts.plain_messages(chunk, scene_prompt, voice_description), [])
-        return self._plan(conversation, _spoken(text, normalize), voice_from_first_chunk=True)
+        return self._plan(self.plain_conversation(scene_prompt, voice_description), spoken_text(text, normalize),
+                          voice_from_first_chunk=True)
 
     def plan_clone(self, text: str, scene_prompt: str | None, *, voice: str | None = None,
                    reference_audio: np.ndarray | None = None, reference_text: str | None = None,
                    normalize: bool = True) -> SpeechPlan:
+        conversation = self.clone_conversation(scene_prompt, voice=voice, reference_audio=reference_audio,
+                                               reference_text=reference_text)
+        return self._plan(conversation, spoken_text(text, normalize))
+
+    def live_plan(self, conversation: Conversation, voice_from_first_chunk: bool) -> SpeechPlan:
+        """An open plan for a live session: its chunks (segments) come one by one, each continuing the
+        context of the one before."""
+        plan = SpeechPlan(conversation, [], voice_from_first_chunk, self.settings.long_form_context_chunks,
+                          deadline=math.inf, open=True)
+        self._tokenize(plan, None, [], self.settings.max_seq_len - 1)  # the fixed part must fit
+        return plan
+
+    @staticmethod
+    def plain_conversation(scene_prompt: str | None, voice_description: str | None = None) -> Conversation:
+        return Conversation(lambda chunk: prompts.plain_messages(chunk, scene_prompt, voice_description), [])
+
+    def clone_conversation(self, scene_prompt: str | None, *, voice: str | None = None,
+                           reference_audio: np.ndarray | None = None,
+                           reference_text: str | None = None) -> Conversation:
+        """In a named voice or a one-off clip (encoded here: blocking)."""
         if voice is not None:
             codes = self.voice_codes(voice)
             reference_text = reference_text or self.voices.get(voice).transcript
         else:
             codes = self.reference_clips.encode(reference_audio)
-        conversation = Conversation(lambda chunk: prompts.clone_messages(chunk, reference_text, scene_prompt), [codes])
-        return self._plan(conversation, _spoken(text, normalize))
+        return Conversation(lambda chunk: prompts.clone_messages(chunk, reference_text, scene_prompt), [codes])
 
     def plan_multi_speaker(self, text: str, scene_prompt: str | None, voices: list[str | DescribedVoice],
                            normalize: bool = True) -> SpeechPlan:
         """`voices[i]` voices SPEAKERi: a voice name (its clip) or a description in words."""
-        text = _spoken(text, normalize)
+        text = spoken_text(text, normalize)
         needed, allowed = prompts.speaker_count(text), self.settings.max_speakers
         if needed == 0:
             raise InvalidRequest("text has no [SPEAKER0], [SPEAKER1], ... tags; use /generate for a single voice")
@@ -228,7 +248,8 @@ class Synthesizer:
                                          f"the server's limit is {self.settings.max_seq_len}") from None
                 dropped += 1
 
-    def _tokenize(self, plan: SpeechPlan, index: int, turns: list, max_tokens: int) -> prompts.Prompt:
+    def _tokenize(self, plan: SpeechPlan, index: int | None, turns: list, max_tokens: int) -> prompts.Prompt:
+        """Chunk `index`'s prompt with `turns` before it (index None: the fixed part, with no text to say)."""
         messages, codes = plan.messages_and_codes(index, turns)
         return prompts.tokenize(messages, codes, self.loaded.tokenizer, self.loaded.config, max_tokens=max_tokens,
                                 text_tokens=text_normalize.SOUND_EVENT_TOKENS)
@@ -245,7 +266,8 @@ class Synthesizer:
             raise self._timed_out()
         chunk_seed = None if sampling.seed is None else sampling.seed + index
         return self.scheduler.submit(GenerationRequest(
-            prompt=plan.first_prompt if index == 0 else self._prompt(plan, index, sampling.max_new_tokens),
+            prompt=plan.first_prompt if index == 0 and plan.first_prompt else self._prompt(plan, index,
+                                                                                           sampling.max_new_tokens),
             sampling=SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                                     seed=chunk_seed),
             max_new_frames=sampling.max_new_tokens,
@@ -303,7 +325,8 @@ class Synthesizer:
                                  f"{self.settings.request_timeout_s:g} s")
 
 
-def _spoken(text: str, normalize_text: bool) -> str:
+def spoken_text(text: str, normalize_text: bool) -> str:
+    """The text as the model is to read it (normalised unless asked not to); refused when nothing is left."""
     if not normalize_text:
         return text
     spoken = text_normalize.normalize(text)
@@ -320,6 +343,29 @@ def _speech(samples: np.ndarray, results: list[GenerationResult], first_audio_at
                   sum(r.steps for r in results), first_audio_at, audio_seconds)
 
 
+class ChunkAudio:
+    """One text chunk's audio as its frames arrive: the windows that can no longer change, decoded as
+    they come, then the tail once generation has ended."""
+
+    def __init__(self, synthesizer: Synthesizer, handle: RequestHandle):
+        self.handle = handle
+        self._synthesizer = synthesizer
+        self._decoder = StreamingDecoder(synthesizer.codec, synthesizer.loaded.config.num_codebooks,
+                                         synthesizer.settings.streaming)
+
+    async def body(self):
+        async for frame in self.handle.frames(wanted=self._decoder.frames_until_chunk):
+            if self._decoder.push(frame):
+                yield await self._decoded(self._decoder.next_window())
+
+    async def tail(self) -> np.ndarray | None:
+        window = self._decoder.next_window(final=True)
+        return None if window is None else await self._decoded(window)
+
+    async def _decoded(self, window: DecodeWindow) -> np.ndarray:
+        return window.keep(await self._synthesizer.audio_decoder.decode(window.codes, exact=window.final))
+
+
 class SpeechStream:
     """Audio chunks (24 kHz float32) as the engine produces frames, text chunk after text chunk;
     `speech` (without samples) is set once iteration ends."""
@@ -332,29 +378,24 @@ class SpeechStream:
 
     async def __aiter__(self):
         synthesizer, results, chunks = self._synthesizer, [], self._plan.chunks
-        handle = self._first  # the chunk being generated: cancelled if the stream ends early
+        handle = self._first  # the chunk being generated: stopped if the stream ends early
         try:
             for index in range(len(chunks)):
-                decoder = StreamingDecoder(synthesizer.codec, synthesizer.loaded.config.num_codebooks,
-                                           synthesizer.settings.streaming)
-                async for frame in handle.frames(wanted=decoder.frames_until_chunk):
-                    if decoder.push(frame):
-                        yield self._sent(await self._decoded(decoder.next_window()))
+                audio = ChunkAudio(synthesizer, handle)
+                async for piece in audio.body():
+                    yield self._sent(piece)
                 results.append(handle.result(timeout=0))
                 synthesizer.finish_chunk(self._plan, results[-1])
                 if index + 1 < len(chunks):  # queued before this chunk's tail is decoded: they overlap
                     handle = synthesizer.submit_chunk(self._plan, index + 1, self._sampling)
-                tail = decoder.next_window(final=True)
+                tail = await audio.tail()
                 if tail is not None:
-                    yield self._sent(await self._decoded(tail))
+                    yield self._sent(tail)
         finally:
             synthesizer.abandon(handle)  # no-op once finished and handed on
             synthesizer.end(self._plan)
         self.speech = _speech(np.zeros(0, dtype=np.float32), results, self.first_audio_at or time.monotonic(),
                               self.samples_sent / SAMPLE_RATE)
-
-    async def _decoded(self, window: DecodeWindow) -> np.ndarray:
-        return window.keep(await self._synthesizer.audio_decoder.decode(window.codes, exact=window.final))
 
     def _sent(self, chunk: np.ndarray) -> np.ndarray:
         if self.first_audio_at is None:

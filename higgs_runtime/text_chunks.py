@@ -80,8 +80,14 @@ def _split_turn(turn: str, max_chars: int) -> list[str]:
     return [f"{tag} {piece}" for piece in split_text(turn[len(tag):], budget)]
 
 
+def sentence_ends(text: str) -> list[re.Match]:
+    """The ends of the sentences in `text` (end punctuation, CJK included, with closing quotes and the
+    whitespace after), abbreviations ("Mr.", "e.g.") left out."""
+    return [match for match in SENTENCE_END.finditer(text) if not _ends_abbreviation(text, match)]
+
+
 def _sentence_cuts(text: str) -> list[int]:
-    return [match.end() for match in SENTENCE_END.finditer(text) if not _ends_abbreviation(text, match)]
+    return [match.end() for match in sentence_ends(text)]
 
 
 def _ends_abbreviation(text: str, match: re.Match) -> bool:
