@@ -106,5 +106,9 @@ async def validation_error(_: Request, exc: RequestValidationError) -> JSONRespo
             messages.append(f"unknown field '{field}'")
         else:
             messages.append(f"{field}: {error['msg']}" if field else error["msg"])
-    param = next((field_of(error.get("loc", ())) for error in errors if field_of(error.get("loc", ()))), None)
-    return JSONResponse(error_body("invalid request: " + "; ".join(messages), param), 400)
+    return JSONResponse(error_body("invalid request: " + "; ".join(messages), field_of(main_problem(errors)["loc"])), 400)
+
+
+def main_problem(errors: list[dict]) -> dict:
+    """The validation error to name: an unknown field first (a typo explains the missing field too)."""
+    return next((error for error in errors if error.get("type") == "extra_forbidden"), errors[0])

@@ -31,7 +31,7 @@ from higgs_runtime.live_speech import LiveSpeech, Segment
 from higgs_runtime.speech import Conversation, Synthesizer
 from higgs_runtime.text_stream import SentenceBuffer
 
-from .errors import ApiError, field_of, status_for
+from .errors import ApiError, field_of, main_problem, status_for
 from .inputs import optional_text, present, voice_name
 from .middleware import authorization, send_error
 from .plans import decoded_clip, in_thread, sampling, voice_named
@@ -209,7 +209,7 @@ class LiveSession:
         try:
             return model.model_validate(data)
         except ValidationError as exc:
-            error = exc.errors()[0]
+            error = main_problem(exc.errors())
             field = field_of(error.get("loc", ()))
             words = f"unknown field '{field}'" if error.get("type") == "extra_forbidden" else f"{field}: {error['msg']}"
             raise Refused("invalid_field", f"invalid {data['type']}: {words}", field) from None

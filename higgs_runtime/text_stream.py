@@ -2,18 +2,14 @@
 sentence as soon as it is complete, at a blank line, and a run longer than a generation chunk without
 an end cut the long-form way (`text_chunks`).
 
-A sentence is complete once its end punctuation (CJK included) is followed by something, or ends the
-text so far, except a '.' right after a digit at the very end ("in 3." may become "in 3.5 s"), which
-waits for the next character."""
+A sentence is complete once something follows its end punctuation (CJK included) and closing quotes:
+a space, or the next sentence. Until then it may still go on ("3." may become "3.5", "stop." may get
+its closing quote). `flush` takes everything buffered, complete or not.
+"""
 
 from __future__ import annotations
 
-import re
-
 from .text_chunks import PARAGRAPH_BREAK, sentence_ends, split_text
-
-_DIGIT = re.compile(r"\d")
-
 
 class SentenceBuffer:
     def __init__(self, max_chars: int):
@@ -47,11 +43,8 @@ class SentenceBuffer:
         self._text = ""
 
     def _ends(self) -> list[int]:
-        """Where complete pieces end: blank lines, and sentence ends but one that may still go on."""
+        """Where complete pieces end: blank lines, and sentence ends that something follows."""
         ends = {match.end() for match in PARAGRAPH_BREAK.finditer(self._text)}
-        for match in sentence_ends(self._text):
-            at_the_end = match.end() == len(self._text)
-            if not (at_the_end and match.group("latin") == "." and match.start() > 0
-                    and _DIGIT.fullmatch(self._text[match.start() - 1])):
-                ends.add(match.end())
+        ends.update(match.end() for match in sentence_ends(self._text)
+                    if match.start() + len(match.group().rstrip()) < len(self._text))
         return sorted(ends)
