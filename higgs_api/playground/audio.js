@@ -10,6 +10,7 @@ export class PcmPlayer {
     this.carry = null;  // a chunk may end in the middle of a 2-byte sample
     this.startAt = null;
     this.endAt = 0;
+    this.scheduled = new Set();  // sources not yet played out
   }
 
   push(bytes) {
@@ -34,7 +35,16 @@ export class PcmPlayer {
     const at = Math.max(this.endAt, this.context.currentTime + 0.05);
     this.startAt ??= at;
     source.start(at);
+    this.scheduled.add(source);
+    source.addEventListener("ended", () => this.scheduled.delete(source));
     this.endAt = at + buffer.duration;
+  }
+
+  // Silences everything scheduled (a barge-in): the next chunk plays at once.
+  stop() {
+    for (const source of this.scheduled) source.stop();
+    this.scheduled.clear();
+    this.endAt = 0;
   }
 
   // Seconds of audio the listener has heard so far.

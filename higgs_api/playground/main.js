@@ -2,6 +2,7 @@
 import { apiKey, getJson } from "./api.js";
 import { setUp as setUpClone } from "./clone.js";
 import { setUp as setUpDialogue } from "./dialogue.js";
+import { setUp as setUpLive } from "./live.js";
 import { setUp as setUpSpeak } from "./speak.js";
 import { loadVoices, setUp as setUpVoices } from "./voices.js";
 
@@ -71,6 +72,7 @@ setUpKey();
 setUpSpeak();
 setUpClone();
 setUpDialogue();
+setUpLive();
 setUpVoices();
 showStatus();
 showVoices();

@@ -15,7 +15,7 @@ from paths import VOICE_PROMPTS_DIR
 
 CHROMIUM = Path("/usr/bin/chromium")
 API_KEY = "playground-test-key"
-TABS = ("speak", "clone", "dialogue", "voices")
+TABS = ("speak", "clone", "dialogue", "live", "voices")
 
 
 def _browser_missing() -> str | None:
@@ -126,7 +126,7 @@ def test_the_page_is_ours_and_every_tab_renders(browser, playground_url, tmp_pat
         open_tab(page, tab.capitalize())
         page.screenshot(path=str(tmp_path / f"{tab}.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
-    for tab in ("speak", "voices"):
+    for tab in ("speak", "live", "voices"):
         open_tab(page, tab.capitalize())
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "wider than a phone"
         page.screenshot(path=str(tmp_path / f"{tab}-phone.png"), full_page=True)
@@ -197,6 +197,37 @@ def test_an_api_error_is_shown_in_words(page, console_errors):
     # The browser's own line for the failed request is the only console error.
     assert len(console_errors) == 1 and "400" in console_errors[0], console_errors
     console_errors.clear()
+
+
+def test_live_speaks_text_sent_word_by_word_sentence_by_sentence(page, tmp_path):
+    open_tab(page, "Live")
+    page.locator("#live-form select[name=voice]").select_option("en_man")
+    set_max_length(page, 60, seed=3)
+    page.locator("#live-form textarea[name=text]").fill("First sentence here. Second sentence there. And a third one")
+    page.locator("#live-form input[name=words_per_second]").fill("30")
+    page.get_by_role("button", name="Start").click()
+    result = settle(page, "live")
+    assert result["state"] == "done", result
+    assert float(result["duration"]) > 0 and "Time to first audio" in result["text"]
+    rows = page.locator("#live-segments tr")
+    assert rows.evaluate_all("rows => rows.map(r => r.cells[1].textContent)") == [
+        "First sentence here.", "Second sentence there.", "And a third one."]
+    for row in rows.evaluate_all("rows => rows.map(r => ({...r.dataset, computed: r.cells[4].textContent}))"):
+        assert float(row["firstAudio"]) > 0 and row["finish"] in ("stop", "length", "guard"), row
+    page.screenshot(path=str(tmp_path / "live-result.png"), full_page=True)
+
+
+def test_live_stop_interrupts_the_segment_being_spoken(page):
+    open_tab(page, "Live")
+    set_max_length(page, 1500, seed=3)
+    page.get_by_label("Temperature").fill("0")  # greedy: tiny-random goes on to the max length
+    page.locator("#live-form textarea[name=text]").fill("This one sentence would go on for a minute. More after it.")
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_selector("#live-segments tr[data-first-audio]", state="attached", timeout=60_000)
+    page.get_by_role("button", name="Stop").click()
+    result = settle(page, "live")
+    assert result["state"] == "done" and result["cancelled"] == "true", result
+    assert page.locator("#live-segments tr").evaluate_all("rows => rows.map(r => r.dataset.finish)") == ["cancelled"]
 
 
 def test_the_api_reference_renders_offline(browser, playground_url, tmp_path):
