@@ -28,6 +28,13 @@ multi-speaker dialogue.
   base64 audio in JSON; `/upload-voice` and `/voices*` manage voices.
 - The OpenAI-compatible API under `/v1/`: `POST /v1/audio/speech` streams audio as it is produced
   (bytes or server-sent events), and the listings SDKs and voice pickers call.
+- Live sessions for voice agents: `GET /v1/audio/speech/stream` is a WebSocket (OpenAPI cannot list
+  it below). Send JSON text messages: `session.config` first (`voice`, or `ref_audio` + `ref_text`, or
+  `voice_description`; `scene_prompt`, `temperature`, `top_p`, `top_k`, `seed`, `max_new_tokens`,
+  `normalize_text`, `api_key`), then `input.text` (`text`), `input.flush`, `input.done`, and
+  `response.cancel` to interrupt. The server answers `session.created`, then per sentence
+  `segment.start`, binary frames of 16-bit PCM (24 kHz, mono) and `segment.done` (with `usage`),
+  `response.cancelled`, `error` (`code`, `message`, `param`; the session goes on) and `session.done`.
 
 Errors are `{"detail": ...}`, or OpenAI's `{"error": {"message", "type", "code", "param"}}` under
 `/v1/`. With API keys configured, send `Authorization: Bearer <key>` (the Authorize button)."""
