@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import base64
 import concurrent.futures
-import io
 import statistics
 import sys
 import tempfile
@@ -30,27 +29,15 @@ from pathlib import Path
 
 import numpy as np
 import requests
-import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from server_process import VOICES, BenchServer, stream_pcm  # noqa: E402
+from server_process import REFERENCE_SECONDS, BenchServer, reference_wav, stream_pcm  # noqa: E402
 
-from higgs_runtime.audio import decode_audio  # noqa: E402
-
-REFERENCE_SECONDS = 30.0
 RUNNING_TEXT = ("A listener keeps hearing this long paragraph while other requests arrive, and the audio must "
                 "keep flowing without a stall. ") * 2  # one generation chunk
 ARRIVAL_TEXT = "A new voice joins the conversation."
 CHUNK_SECONDS = 1.0  # audio in one streamed chunk after the first (HIGGS_STREAM_CHUNK_FRAMES = 25)
 PCM_BYTES_PER_SECOND = 2 * 24000
-
-
-def reference_wav() -> tuple[bytes, str]:
-    clips = [decode_audio(path.read_bytes(), min_seconds=0, max_seconds=60) for path in sorted(VOICES.glob("*.wav"))]
-    buffer = io.BytesIO()
-    sf.write(buffer, np.concatenate(clips)[: int(REFERENCE_SECONDS * 24000)], 24000, format="WAV", subtype="PCM_16")
-    transcript = " ".join(path.read_text().strip() for path in sorted(VOICES.glob("*.txt")))
-    return buffer.getvalue(), transcript[:1000]
 
 
 def stream(url: str, text: str, frames: int, seed: int, **voice) -> dict:

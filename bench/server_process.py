@@ -3,6 +3,7 @@ offline, with its own data directory and BentoML home."""
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
@@ -11,10 +12,24 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import requests
+import soundfile as sf
+
+from higgs_runtime.audio import decode_audio
 
 REPO = Path(__file__).resolve().parents[1]
 VOICES = REPO.parent / "shared" / "voice_prompts"
+REFERENCE_SECONDS = 30.0  # a real clone reference: about 770 prompt tokens of audio
+
+
+def reference_wav() -> tuple[bytes, str]:
+    """A 30 s reference voice (the shared voices one after another) and a transcript for it."""
+    clips = [decode_audio(path.read_bytes(), min_seconds=0, max_seconds=60) for path in sorted(VOICES.glob("*.wav"))]
+    buffer = io.BytesIO()
+    sf.write(buffer, np.concatenate(clips)[: int(REFERENCE_SECONDS * 24000)], 24000, format="WAV", subtype="PCM_16")
+    transcript = " ".join(path.read_text().strip() for path in sorted(VOICES.glob("*.txt")))
+    return buffer.getvalue(), transcript[:1000]
 
 
 class BenchServer:

@@ -57,6 +57,13 @@ def whole(synthesizer, conversation: LiveSpeech, index: int):
     return prompt, synthesizer.scheduler.submit(request).result(60)
 
 
+def speaks_as_whole_then_closes(synthesizer, conversation: LiveSpeech, index: int, result) -> None:
+    _, reference = whole(synthesizer, conversation, index)
+    assert np.array_equal(result.frames, reference.frames)
+    conversation.close()
+    assert wait_for_no_kept_context(synthesizer)
+
+
 def test_segments_continue_one_context_and_speak_as_the_conversation_whole(synthesizer):
     conversation = live(synthesizer)
 
@@ -89,10 +96,7 @@ def test_a_barge_in_keeps_exactly_the_audio_sent(synthesizer):
     sent_frames = stopped.samples_sent // hop
     assert conversation.plan.chunks == list(SENTENCES)
     assert conversation.plan.spoken[1][1].shape[1] == sent_frames  # only what was sent stays in the context
-    _, reference = whole(synthesizer, conversation, 2)
-    assert np.array_equal(after.frames, reference.frames)
-    conversation.close()
-    assert wait_for_no_kept_context(synthesizer)
+    speaks_as_whole_then_closes(synthesizer, conversation, 2, after)
 
 
 def test_a_segment_stopped_before_any_audio_leaves_the_conversation(synthesizer):
@@ -106,10 +110,7 @@ def test_a_segment_stopped_before_any_audio_leaves_the_conversation(synthesizer)
 
     segment, after = asyncio.run(session())
     assert segment.index == 1 and conversation.plan.chunks == [SENTENCES[0], SENTENCES[2]]
-    _, reference = whole(synthesizer, conversation, 1)
-    assert np.array_equal(after.frames, reference.frames)
-    conversation.close()
-    assert wait_for_no_kept_context(synthesizer)
+    speaks_as_whole_then_closes(synthesizer, conversation, 1, after)
 
 
 def test_text_with_nothing_to_say_starts_no_segment(synthesizer):
