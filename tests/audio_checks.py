@@ -35,6 +35,7 @@ def check_generation(body: dict, text: str) -> np.ndarray:
     assert body["duration"] == len(samples) / 24000
     usage = body["usage"]
     assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    assert 0 < usage["prefill_tokens"] <= usage["prompt_tokens"]
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert body["finish_reason"] in ("stop", "length", "guard")
     return samples

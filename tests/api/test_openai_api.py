@@ -169,6 +169,7 @@ def test_sse_event_sequence(client):
     audio = b"".join(base64.b64decode(event["audio"]) for event in events[:-1])
     usage = events[-1]["usage"]
     assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
+    assert 0 < usage["prefill_tokens"] <= usage["input_tokens"]
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
     assert len(audio) > 0 and len(audio) % 2 == 0
     assert events[-1]["finish_reason"] in ("stop", "length", "guard")
