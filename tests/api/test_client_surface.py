@@ -214,6 +214,7 @@ def test_the_reference_documents_every_route(guarded):
         assert requests.get(guarded.url + f"/docs/assets/{asset}", timeout=10).status_code == 200
     spec = requests.get(guarded.url + "/docs.json", timeout=10).json()
     assert spec["info"]["title"] == "Higgs Audio v2 server"
+    assert "/v1/audio/speech/stream" in spec["info"]["description"]  # the WebSocket, which OpenAPI cannot list
     paths = set(spec["paths"])
     assert {"/generate", "/generate/voice-clone", "/generate/multi-speaker", "/upload-voice", "/health", "/voices",
             "/voices/{name}", "/voices/{name}/audio", "/v1/audio/speech", "/v1/models", "/v1/models/{model_id}",
