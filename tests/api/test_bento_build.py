@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from paths import REPO_DIR as REPO
+
 VENV_BIN = Path(sys.executable).parent  # the venv's bin dir: `bentoml` and `uv` live here
 BENTO_NAME = "higgs_audio"
 APIS = {"generate", "generate_voice_clone", "generate_multi_speaker", "upload_voice"}

@@ -15,9 +15,10 @@ from bentoml._internal.cloud.schemas.schemasv2 import DeploymentConfigSchema
 from bentoml._internal.utils.cattr import bentoml_cattr
 
 from higgs_runtime.config import Settings
+from paths import REPO_DIR
 from service import HiggsAudio
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY = REPO_DIR / "deploy"
 KUBERNETES_VERSION = kubernetes_validate.latest_version()
 SETTINGS = {f"HIGGS_{field.name.upper()}" for field in fields(Settings)}
 
