@@ -19,7 +19,7 @@ from higgs_runtime.config import Settings
 from higgs_runtime.scaling import for_worker, resources, worker_count
 
 # BentoML's logging leaves the root at WARNING: our INFO lines (client errors, model loading) need their own level.
-OUR_LOGGERS = ("higgs_audio", "higgs_runtime")
+OUR_LOGGERS = ("higgs_audio", "higgs_api", "higgs_runtime")
 for name in OUR_LOGGERS:
     logging.getLogger(name).setLevel(logging.INFO)
 # A logger's filters apply only to its own records, not its children's: each of our loggers gets one.

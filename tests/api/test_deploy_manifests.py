@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import fields
-from pathlib import Path
 
 import attr
 import kubernetes_validate
