@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import torch
 
-from .cpu_threads import use_one_core
+from .device_threads import prepare_helper_thread
 
 
 class Codec:
@@ -24,16 +24,12 @@ class Codec:
         self._encode_lock = threading.Lock()
         self._decode_lock = threading.Lock()
 
-    def _beside_the_engine(self) -> None:
-        if self.device.type == "cpu":  # see cpu_threads
-            use_one_core()
-
     @torch.inference_mode()
     def encode(self, samples: np.ndarray) -> np.ndarray:
         """24 kHz mono float32 -> codes (codebooks, frames)."""
+        prepare_helper_thread(self.device)
         audio = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)).to(self.device)[None, None]
         with self._encode_lock:
-            self._beside_the_engine()
             codes = self.model.encode(audio).audio_codes
         return codes[0].cpu().numpy().astype(np.int64)
 
@@ -42,9 +38,9 @@ class Codec:
         """codes (codebooks, frames) -> 24 kHz mono float32."""
         if codes.shape[1] == 0:
             return np.zeros(0, dtype=np.float32)
+        prepare_helper_thread(self.device)
         tensor = torch.from_numpy(codes).to(self.device)[None]
         with self._decode_lock:
-            self._beside_the_engine()
             audio = self.model.decode(tensor).audio_values
         return audio[0, 0].float().cpu().numpy()
 
@@ -56,11 +52,11 @@ class Codec:
         must not be empty."""
         longest = max(clip.shape[1] for clip in clips)
         padded = np.stack([np.pad(clip, ((0, 0), (0, longest - clip.shape[1])), mode="edge") for clip in clips])
+        prepare_helper_thread(self.device)
         tensor = torch.from_numpy(padded)
         if self.device.type == "cuda":
             tensor = tensor.pin_memory()
         with self._decode_lock:
-            self._beside_the_engine()
             audio = self.model.decode(tensor.to(self.device, non_blocking=True)).audio_values[:, 0].float()
         audio = audio.cpu().numpy()
         return [audio[index, :clip.shape[1] * self.samples_per_frame] for index, clip in enumerate(clips)]

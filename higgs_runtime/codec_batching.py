@@ -3,7 +3,8 @@
 Each stream's `StreamingDecoder` yields decode windows; at hundreds of audio-seconds per second a
 decode per stream per chunk would serialise on one thread. Here a worker thread takes every window
 waiting at that moment and decodes them together (`Codec.decode_batch`), off the event loop; on GPU
-it runs on a CUDA stream of its own, so decoding overlaps the engine's steps. Batched, a window's
+it runs on a CUDA stream of its own, below the engine's in priority, so decoding overlaps the
+engine's steps without delaying them. Batched, a window's
 samples can differ from a lone decode's by float rounding (within the streaming tolerance). Final
 windows (the end of a stream, whose last samples padding would change) and whole-response decodes
 are decoded alone, so a whole response's audio is the same bits at any load.
@@ -47,7 +48,8 @@ class CodecDecodeBatcher:
         self._pending: collections.deque[_Job] = collections.deque()
         self._wakeup = threading.Condition()
         self._stopping = False
-        self._stream = torch.cuda.Stream(codec.device) if codec.device.type == "cuda" else None
+        # Priority 0 is CUDA's lowest; the engine's stream has a higher one.
+        self._stream = torch.cuda.Stream(codec.device, priority=0) if codec.device.type == "cuda" else None
         self.rounds = self.clips = 0  # decode calls made, clips decoded
         self._thread = threading.Thread(target=self._loop, name="codec-decoder", daemon=True)
         self._thread.start()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import RANDOM_PRESETS, Settings
+from .device_threads import use_device
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def load(settings: Settings) -> LoadedModel:
     from transformers import AutoTokenizer, HiggsAudioV2ForConditionalGeneration, HiggsAudioV2TokenizerModel
 
     device = resolve_device(settings.device)
+    use_device(device)
     dtype = dtype_for(device)
     model_path, codec_path = settings.model_path, settings.audio_tokenizer_path
     codec_id = codec_path

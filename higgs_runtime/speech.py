@@ -143,9 +143,7 @@ class Synthesizer:
         self.loaded = loaded
         self.voices = voices
         self.settings = settings
-        self.codec = Codec(loaded.codec, loaded.device)
-        self.reference_clips = ClipCodes(self.codec)
-        self.audio_decoder = CodecDecodeBatcher(self.codec)
+        # The engine first: it captures its CUDA graphs before anything else uses the device.
         self.scheduler = Scheduler(loaded.model, settings.max_batch_size, settings.max_queue_size,
                                    settings.max_seq_len, ras=RepetitionAware(settings.ras_window, settings.ras_max_repeat),
                                    cuda_graphs=settings.cuda_graphs, prefill_chunk_tokens=settings.prefill_chunk_tokens,
@@ -154,6 +152,9 @@ class Synthesizer:
                                    on_load_change=on_load_change, context_idle_s=settings.context_idle_s,
                                    **settings.engine_cache_sizes)
         self.scheduler.start()
+        self.codec = Codec(loaded.codec, loaded.device)
+        self.reference_clips = ClipCodes(self.codec)
+        self.audio_decoder = CodecDecodeBatcher(self.codec)
 
     def close(self) -> None:
         self.scheduler.stop()

@@ -1,70 +1,67 @@
-"""The model's forward passes for serving: prefill a request's prompt into its cache blocks (in
-chunks, each with the positions before it as context), and decode one frame for many requests at
-once over the paged KV cache.
+"""The model's forward passes for serving, on its own weights (transformers' modules, fused q/k/v and
+gate/up weights): prefill a request's prompt into its cache blocks, in chunks, each with the
+positions before it as context; and decode one frame for many requests at once over the paged KV
+cache.
 
-Prefill runs transformers' own forward (mixed text and audio positions, dual FFN routing) and
-copies the keys and values into the request's blocks. Decode positions are all audio, so the step
-applies each layer's audio path directly, reading the model's own weights, and attends over the
-live blocks only (`paged_attention`).
+Decode positions are all audio, so a step applies each layer's audio path only, through the
+`step_kernels` seam: the same step structure runs torch operations on CPU and Triton kernels on
+CUDA. A step is tensor operations only, with shapes fixed by its row count: no host
+synchronisation, so it can be captured as a CUDA graph (`decode_step`).
 
-On CPU the decode path's weights are prepacked for oneDNN: at a few rows it is several times faster
-than MKL's GEMM, and each row's result is the same whatever the batch size (MKL changes its
-blocking with the row count), which keeps a request's output independent of its neighbours. On GPU
-batch rows and live blocks are padded (powers of two, multiples of 64), a few static shapes for CUDA graphs.
+Prefill positions mix text and audio (dual FFN: each position goes through the text or the audio
+norms and FFN). Which positions are which is known on the host, so a chunk's routing, token ids,
+audio frames and cache addresses reach the device in one copy, and no layer waits for the device.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import DynamicCache
-from transformers.models.higgs_audio_v2.modeling_higgs_audio_v2 import apply_rotary_pos_emb
+from transformers.models.higgs_audio_v2.modeling_higgs_audio_v2 import apply_rotary_pos_emb, repeat_kv
 
+from .fused_weights import fuse_rows
 from .kv_cache import LiveBlocks, PagedKVCache
-from .paged_attention import paged_attention
-
-# oneDNN packs weights for an expected row count; any count then works, and gives the same bits.
-PACKING_ROWS_HINT = 8
+from .paged_attention import BLOCK_SIZE
+from .step_kernels import AppendAt, Linear, Norm, TorchKernels, TritonKernels, kernels_for
 
 
-def bucket(count: int, device: torch.device, limit: int) -> int:
-    """Decode batch rows: exact on CPU, the next power of two (at most `limit`) on GPU, a few static
-    shapes that CUDA graphs can be captured for."""
-    if device.type == "cpu":
-        return count
-    size = 1
-    while size < count:
-        size *= 2
-    return min(size, limit)
+@dataclass(frozen=True)
+class _Layer:
+    module: object  # transformers' decoder layer (norms and FFNs for prefill)
+    qkv: tuple[torch.Tensor, torch.Tensor | None]  # fused weight and bias
+    text_gate_up: tuple[torch.Tensor, torch.Tensor | None]
+    audio_gate_up: tuple[torch.Tensor, torch.Tensor | None]
+    # The decode path's audio weights, prepared by the kernels (prepacked on CPU).
+    decode_qkv: Linear
+    decode_o: Linear
+    decode_gate_up: Linear
+    decode_down: Linear
+    input_norm: Norm
+    post_norm: Norm
 
 
-class DecodeLinears:
-    """Applies the model's linear layers on the decode path, through prepacked oneDNN weights on CPU."""
+@dataclass(frozen=True)
+class _Chunk:
+    """A prefill chunk on the device: positions [start, end) of one slot."""
 
-    def __init__(self, model, device: torch.device):
-        self._packed = {}
-        if device.type == "cpu" and torch.backends.mkldnn.is_available():
-            modules = [model.audio_lm_head]
-            for layer in model.model.layers:
-                attention, mlp = layer.self_attn, layer.audio_mlp
-                modules += [attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
-                            mlp.gate_proj, mlp.up_proj, mlp.down_proj]
-            self._packed = {module: torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), PACKING_ROWS_HINT)
-                            for module in modules}
-
-    def __call__(self, module: torch.nn.Linear, rows: torch.Tensor) -> torch.Tensor:
-        """rows: (batch, in_features) -> (batch, out_features)."""
-        packed = self._packed.get(module)
-        if packed is None:
-            return F.linear(rows, module.weight, module.bias)
-        return torch.ops.mkldnn._linear_pointwise(rows, packed, module.bias, "none", [], "")
-
-    def mlp(self, mlp, rows: torch.Tensor) -> torch.Tensor:
-        return self(mlp.down_proj, mlp.act_fn(self(mlp.gate_proj, rows)) * self(mlp.up_proj, rows))
+    ids: torch.Tensor
+    frames: torch.Tensor  # audio frames of its audio positions (count, codebooks)
+    text_rows: torch.Tensor
+    audio_rows: torch.Tensor
+    write_blocks: torch.Tensor  # each position's block and offset in the pools
+    write_offsets: torch.Tensor
+    read_blocks: torch.Tensor  # the blocks of positions [0, end)
+    start: int
+    end: int
 
 
 class BatchedModel:
-    def __init__(self, model, num_slots: int, max_len: int, kv_budget_tokens: int, prefix_cache_tokens: int | None = None):
+    def __init__(self, model, num_slots: int, max_len: int, kv_budget_tokens: int, prefix_cache_tokens: int | None = None,
+                 kernels: TorchKernels | TritonKernels | None = None):
+        """`kernels` default: Triton on CUDA, torch elsewhere (see `step_kernels`)."""
         self.model = model
         self.config = model.config
         param = next(model.parameters())
@@ -72,64 +69,135 @@ class BatchedModel:
         self.num_slots = num_slots
         self.cache = PagedKVCache(self.config, num_slots, max_len, kv_budget_tokens, self.device, self.dtype,
                                   prefix_cache_tokens)
-        self.linears = DecodeLinears(model, self.device)
+        self.kernels = kernels or kernels_for(self.device, max_len)
+        self.layers = [self._layer(layer) for layer in model.model.layers]
+        self.final_norm = Norm.of(model.model.norm)
+        self.audio_head = self.kernels.prepare(model.audio_lm_head.weight, model.audio_lm_head.bias)
+        self.heads, self.kv_heads = self.config.num_attention_heads, self.config.num_key_value_heads
+        self.scale = model.model.layers[0].self_attn.scaling
 
-    @torch.inference_mode()
-    def prefill(self, slot: int, input_ids: list[int], audio_frames: torch.Tensor, start: int, end: int) -> torch.Tensor:
-        """Runs prompt positions [start, end), with the slot's cached positions [0, start) as context,
-        and stores their keys/values in the slot's blocks (given beforehand with `cache.ensure`).
-        Returns the logits of the frame after position end - 1, (codebooks, codebook_size) float32."""
-        past = DynamicCache(config=self.config)
-        for layer in range(self.config.num_hidden_layers if start else 0):
-            keys, values = self.cache.read(slot, layer, start)
-            past.update(keys[None], values[None], layer)
-        ids = torch.tensor([input_ids[start:end]], device=self.device)
-        audio_positions = (ids[0] == self.config.audio_token_id) | (ids[0] == self.config.audio_delay_token_id)
-        audio = None
-        if bool(audio_positions.any()):
-            first = sum(token in self.audio_token_ids for token in input_ids[:start])
-            audio = audio_frames[first:first + int(audio_positions.sum())].to(self.device)[None]
-        out = self.model(input_ids=ids, audio_input_ids=audio,
-                         audio_input_ids_mask=None if audio is None else torch.ones(audio.shape[:2], dtype=torch.bool, device=self.device),
-                         past_key_values=past, use_cache=True, logits_to_keep=1)
-        self.cache.store(slot, start, [layer.keys[0, :, start:] for layer in past.layers],
-                         [layer.values[0, :, start:] for layer in past.layers])
-        return self._frame_logits(out.logits[:, -1])[0]
+    def _layer(self, layer) -> _Layer:
+        attention, text, audio = layer.self_attn, layer.mlp, layer.audio_mlp
+        qkv = fuse_rows([attention.q_proj, attention.k_proj, attention.v_proj])
+        text_gate_up, audio_gate_up = fuse_rows([text.gate_proj, text.up_proj]), fuse_rows([audio.gate_proj, audio.up_proj])
+        prepare = self.kernels.prepare
+        return _Layer(layer, qkv, text_gate_up, audio_gate_up, decode_qkv=prepare(*qkv),
+                      decode_o=prepare(attention.o_proj.weight, attention.o_proj.bias),
+                      decode_gate_up=prepare(*audio_gate_up),
+                      decode_down=prepare(audio.down_proj.weight, audio.down_proj.bias),
+                      input_norm=Norm.of(layer.audio_input_layernorm), post_norm=Norm.of(layer.audio_post_attention_layernorm))
 
     @property
     def audio_token_ids(self) -> tuple[int, int]:
         """The prompt tokens that stand for audio frames (clip frames, then the delay-pattern tail)."""
         return self.config.audio_token_id, self.config.audio_delay_token_id
 
-    def decode(self, slots: torch.Tensor, frames: torch.Tensor, live: LiveBlocks) -> torch.Tensor:
+    # --- prefill ---
+    @torch.inference_mode()
+    def prefill(self, slot: int, input_ids: list[int], audio_frames: np.ndarray, start: int, end: int) -> torch.Tensor:
+        """Runs prompt positions [start, end), with the slot's cached positions [0, start) as context,
+        and stores their keys/values in the slot's blocks (given beforehand with `cache.ensure`).
+        Returns the logits of the frame after position end - 1, (codebooks, codebook_size) float32."""
+        chunk = self._chunk(slot, input_ids, audio_frames, start, end)
+        inner = self.model.model
+        hidden = inner.embed_tokens(chunk.ids)
+        if chunk.frames.shape[0]:
+            hidden = hidden.index_copy(0, chunk.audio_rows, inner.embed_audio_tokens(chunk.frames))
+        positions = torch.arange(start, end, device=self.device)
+        cos, sin = inner.rotary_emb(hidden, positions[None])
+        # Position start + i sees positions [0, start + i].
+        visible = torch.arange(end, device=self.device)[None, :] <= positions[:, None]
+        for index, layer in enumerate(self.layers):
+            normed = self._by_kind(hidden, chunk, layer.module.input_layernorm, layer.module.audio_input_layernorm)
+            hidden = hidden + self._prefill_attention(index, layer, normed, cos, sin, chunk, visible)
+            hidden = hidden + self._by_kind(
+                hidden, chunk,
+                lambda rows: _mlp(layer.text_gate_up, layer.module.mlp, layer.module.post_attention_layernorm(rows)),
+                lambda rows: _mlp(layer.audio_gate_up, layer.module.audio_mlp,
+                                  layer.module.audio_post_attention_layernorm(rows)))
+        logits = self.model.audio_lm_head(inner.norm(hidden[-1:]))
+        self.cache.lengths[slot] = end
+        return self._frame_logits(logits)[0]
+
+    def _chunk(self, slot: int, input_ids: list[int], audio_frames: np.ndarray, start: int, end: int) -> _Chunk:
+        """The chunk's inputs, built on the host and moved to the device in one copy."""
+        ids = np.asarray(input_ids[start:end], dtype=np.int64)
+        is_audio = np.isin(ids, self.audio_token_ids)
+        first_frame = int(np.isin(np.asarray(input_ids[:start]), self.audio_token_ids).sum())
+        frames = np.asarray(audio_frames[first_frame:first_frame + int(is_audio.sum())], dtype=np.int64)
+        write_blocks, write_offsets, read_blocks = self.cache.addresses(slot, start, end)
+        parts = [ids, np.flatnonzero(~is_audio), np.flatnonzero(is_audio), write_blocks, write_offsets, read_blocks,
+                 frames.reshape(-1)]
+        packed = torch.from_numpy(np.concatenate([np.asarray(part, dtype=np.int64) for part in parts]))
+        if self.device.type == "cuda":
+            packed = packed.pin_memory()
+        ids, text_rows, audio_rows, write_blocks, write_offsets, read_blocks, frames = packed.to(
+            self.device, non_blocking=True).split([len(part) for part in parts])
+        return _Chunk(ids, frames.view(-1, self.config.num_codebooks), text_rows, audio_rows, write_blocks, write_offsets,
+                      read_blocks, start, end)
+
+    def _by_kind(self, rows: torch.Tensor, chunk: _Chunk, text, audio) -> torch.Tensor:
+        """`text` applied to the chunk's text positions and `audio` to its audio positions."""
+        if not chunk.audio_rows.shape[0]:
+            return text(rows)
+        if not chunk.text_rows.shape[0]:
+            return audio(rows)
+        text_out = text(rows.index_select(0, chunk.text_rows))
+        out = text_out.new_empty((rows.shape[0],) + text_out.shape[1:])
+        out.index_copy_(0, chunk.text_rows, text_out)
+        return out.index_copy_(0, chunk.audio_rows, audio(rows.index_select(0, chunk.audio_rows)))
+
+    def _prefill_attention(self, index: int, layer: _Layer, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                           chunk: _Chunk, visible: torch.Tensor) -> torch.Tensor:
+        length, head_dim = normed.shape[0], self.config.head_dim
+        states = F.linear(normed, *layer.qkv).view(1, length, -1, head_dim).transpose(1, 2)
+        query, key = apply_rotary_pos_emb(states[:, :self.heads], states[:, self.heads:self.heads + self.kv_heads], cos, sin)
+        value = states[:, self.heads + self.kv_heads:]
+        keys, values = self.cache.keys[index], self.cache.values[index]
+        keys[chunk.write_blocks, :, chunk.write_offsets] = key[0].transpose(0, 1)
+        values[chunk.write_blocks, :, chunk.write_offsets] = value[0].transpose(0, 1)
+        # The slot's positions [0, end), read through its blocks: (1, kv_heads, end, head_dim).
+        context_keys, context_values = (
+            pool.index_select(0, chunk.read_blocks).transpose(0, 1).reshape(1, self.kv_heads, -1, head_dim)[:, :, :chunk.end]
+            for pool in (keys, values))
+        group = self.heads // self.kv_heads
+        out = F.scaled_dot_product_attention(query, repeat_kv(context_keys, group), repeat_kv(context_values, group),
+                                             attn_mask=visible, scale=self.scale)
+        attention = layer.module.self_attn
+        return F.linear(out.transpose(1, 2).reshape(length, -1), attention.o_proj.weight, attention.o_proj.bias)
+
+    # --- decode ---
+    def decode(self, slots: torch.Tensor, frames: torch.Tensor, live: LiveBlocks | None) -> torch.Tensor:
         """Feeds one frame (codebooks,) per row to the sequences of `slots` (padding rows name the
-        scratch slot) and attends over the `live` blocks (which include each row's new position);
-        returns (rows, codebooks, codebook_size) float32. Tensor operations only: capturable."""
-        cache, inner, linear = self.cache, self.model.model, self.linears
-        size = slots.shape[0]
+        scratch slot), attending over each row's cached positions and the new one (`live`: the
+        kernels' `attention_batch`); returns (rows, codebooks, codebook_size) float32."""
+        cache, kernels, inner = self.cache, self.kernels, self.model.model
+        rows = slots.shape[0]
         positions = cache.lengths[slots]
-        block_rows = cache.block_table[slots]
         lengths = positions + 1
-        hidden = inner.embed_audio_tokens(frames)  # (batch, hidden)
+        block_rows = cache.block_table[slots]
+        at = AppendAt(block_rows.gather(1, (positions // BLOCK_SIZE)[:, None])[:, 0], positions % BLOCK_SIZE)
+        hidden = inner.embed_audio_tokens(frames)  # (rows, hidden)
         cos, sin = inner.rotary_emb(hidden, positions[:, None])
-        for index, layer in enumerate(inner.layers):
-            attention = layer.self_attn
-            normed = layer.audio_input_layernorm(hidden)
-            shape = (size, -1, 1, attention.head_dim)  # (batch, heads, one position, head_dim)
-            query = linear(attention.q_proj, normed).view(shape)
-            key = linear(attention.k_proj, normed).view(shape)
-            value = linear(attention.v_proj, normed).view(shape)
-            query, key = apply_rotary_pos_emb(query, key, cos, sin)
-            cache.append(index, block_rows, positions, key[:, :, 0], value[:, :, 0])
-            keys, values = cache.gather(index, live)
-            context = paged_attention(query[:, :, 0], keys, values, live.rows, live.positions, lengths,
-                                      attention.scaling)
-            hidden = hidden + linear(attention.o_proj, context.reshape(size, -1))
-            hidden = hidden + linear.mlp(layer.audio_mlp, layer.audio_post_attention_layernorm(hidden))
-        logits = linear(self.model.audio_lm_head, inner.norm(hidden))
+        delta = None
+        for index, layer in enumerate(self.layers):
+            keys, values = cache.keys[index], cache.values[index]
+            hidden, normed = kernels.add_rms_norm(hidden, delta, layer.input_norm)
+            query = kernels.rotary_append(kernels.linear(layer.decode_qkv, normed), cos, sin, keys, values, at)
+            context = kernels.attention(query, keys, values, block_rows, lengths, live, self.scale)
+            hidden, normed = kernels.add_rms_norm(hidden, kernels.linear(layer.decode_o, context.reshape(rows, -1)),
+                                                  layer.post_norm)
+            delta = kernels.linear(layer.decode_down, kernels.silu_mul(kernels.linear(layer.decode_gate_up, normed)))
+        _, normed = kernels.add_rms_norm(hidden, delta, self.final_norm)
+        logits = kernels.linear(self.audio_head, normed)
         cache.lengths[slots] = lengths
         cache.lengths[cache.scratch_slot] = 0
         return self._frame_logits(logits)
 
     def _frame_logits(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().reshape(logits.shape[0], self.config.num_codebooks, self.config.codebook_size)
+
+
+def _mlp(gate_up: tuple[torch.Tensor, torch.Tensor | None], mlp, rows: torch.Tensor) -> torch.Tensor:
+    gate, up = F.linear(rows, *gate_up).chunk(2, dim=-1)
+    return F.linear(mlp.act_fn(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias)

@@ -1,89 +1,94 @@
 """One decoding step for a whole batch: the model over the paged cache, then the sampler.
 
 The step reads and writes only persistent device tensors (the cache, each slot's last frame and
-sampling state) and takes what changes between steps: the slots of the batch's rows and the live
-blocks to attend over (tensors whose lengths fix the shapes), and the top-k width. It has no host
-synchronisation, so on CUDA each shape is captured once as a CUDA graph and replayed; capture
-failures fall back to eager steps with a warning.
+sampling state) and takes what changes between steps: the slots of the batch's rows, the
+attention's host-built batch (`step_kernels`) and the top-k width. It has no host synchronisation.
+
+On CUDA every step has one shape: the rows are padded to the engine's slot count (a memory-bound
+matrix product costs the same for 1 or 64 rows, and one shape means one cuBLAS kernel, so a row's
+result never depends on how many neighbours it has) and the top-k width is the whole codebook. That
+one shape is captured as a CUDA graph at start-up (`decode_graphs`), and every step replays it. On
+CPU the rows are the batch's own and steps run eagerly.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
+import contextlib
 
 import torch
 
 from .batched_model import BatchedModel
-from .kv_cache import LiveBlocks
-from .sampling import SlotSampler
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Captured:
-    graph: "torch.cuda.CUDAGraph"
-    slots: torch.Tensor  # static inputs: the batch's are copied here before each replay
-    live: LiveBlocks
-    frames: torch.Tensor  # static output
+from .decode_graphs import CudaGraphs, GraphStatus, capture_with_retries
+from .sampling import SlotSampler, top_k_bucket
 
 
 class DecodeStep:
-    def __init__(self, batched: BatchedModel, sampler: SlotSampler, cuda_graphs: bool):
+    def __init__(self, batched: BatchedModel, sampler: SlotSampler, cuda_graphs: bool, graphs: CudaGraphs | None = None):
+        """`graphs`: how graphs are captured (default: CUDA's own, when `cuda_graphs` is set on a CUDA
+        device whose kernels can be captured)."""
         self.batched, self.sampler = batched, sampler
         config = batched.config
         self.last_frames = torch.zeros((batched.num_slots + 1, config.num_codebooks), dtype=torch.long,
                                        device=batched.device)
-        self.cuda_graphs = cuda_graphs and batched.device.type == "cuda"
-        self._captured: dict[tuple[int, int, int], _Captured] = {}
-        self._pool = None
+        on_cuda = batched.device.type == "cuda"
+        if graphs is None and cuda_graphs and on_cuda:
+            if not batched.kernels.capturable:
+                raise ValueError(f"{type(batched.kernels).__name__} cannot be captured in a CUDA graph")
+            graphs = CudaGraphs(batched.device)
+        self._graphs = graphs
+        self.fixed_shape = on_cuda or graphs is not None
+        self.status = GraphStatus("pending" if self._graphs else "off")
+        self._captured: dict[int, tuple] = {}  # rows -> (graph, static slots, static frames)
 
-    def __call__(self, slots: torch.Tensor, live: LiveBlocks, top_k: int) -> torch.Tensor:
+    def rows(self, count: int) -> int:
+        """The decode rows for a batch of `count` requests (padding rows name the scratch slot)."""
+        return self.batched.num_slots if self.fixed_shape else count
+
+    def top_k_width(self, top_ks: list[int]) -> int:
+        """How many best codes the sampler keeps (every row's own top-k applies within them)."""
+        codebook = self.batched.config.codebook_size
+        return codebook if self.fixed_shape else top_k_bucket(top_ks, codebook)
+
+    def on_engine_stream(self) -> contextlib.AbstractContextManager:
+        """Where the engine thread runs all its device work (a high-priority stream on CUDA)."""
+        return self._graphs.stream_context() if self._graphs else contextlib.nullcontext()
+
+    def capture(self) -> GraphStatus:
+        """Captures the decode graph of every row count the engine can use, before any request
+        (engine thread, inside `on_engine_stream`). Raises if capture fails for good."""
+        if self._graphs:
+            row_counts = sorted({self.rows(count) for count in range(1, self.batched.num_slots + 1)})
+            self.status = capture_with_retries(self._graphs, row_counts, self._capture_one)
+            if self.status.state == "failed":
+                raise GraphCaptureFailed(self.status.error)
+        return self.status
+
+    def _capture_one(self, rows: int) -> None:
+        # Warm-up and capture run on the scratch slot only, so no request's state moves.
+        device, codebook = self.batched.device, self.batched.config.codebook_size
+        slots = torch.full((rows,), self.batched.cache.scratch_slot, dtype=torch.long, device=device)
+        live = self.batched.kernels.attention_batch(self.batched.cache, slots.tolist(), [1] * rows)
+        step = lambda: self.eager(slots, live, codebook)  # noqa: E731
+        self._graphs.warm_up(step)
+        graph, frames = self._graphs.capture(step)
+        self._captured[rows] = (graph, slots, frames)
+
+    def __call__(self, slots: torch.Tensor, live, top_k: int) -> torch.Tensor:
         """Next frames (rows, codebooks) for the rows' slots; each slot's last frame is updated."""
         with torch.inference_mode():
-            if self.cuda_graphs:
-                try:
-                    return self._replay(slots, live, top_k)
-                except RuntimeError:
-                    log.warning("CUDA graph capture failed; decoding eagerly from now on", exc_info=True)
-                    self.cuda_graphs = False
-            return self.eager(slots, live, top_k)
+            if not self._captured:
+                return self.eager(slots, live, top_k)
+            graph, static_slots, frames = self._captured[slots.shape[0]]
+            static_slots.copy_(slots)
+            graph.replay()
+            return frames
 
-    def eager(self, slots: torch.Tensor, live: LiveBlocks, top_k: int) -> torch.Tensor:
+    def eager(self, slots: torch.Tensor, live, top_k: int) -> torch.Tensor:
         logits = self.batched.decode(slots, self.last_frames[slots], live)
         frames = self.sampler.next_frames(slots, logits, top_k)
         self.last_frames[slots] = frames
         return frames
 
-    def _replay(self, slots: torch.Tensor, live: LiveBlocks, top_k: int) -> torch.Tensor:
-        key = (slots.shape[0], live.count, top_k)
-        captured = self._captured.get(key) or self._capture(*key)
-        captured.slots.copy_(slots)
-        for static, given in zip((captured.live.ids, captured.live.rows, captured.live.positions),
-                                 (live.ids, live.rows, live.positions)):
-            static.copy_(given)
-        captured.graph.replay()
-        return captured.frames
 
-    def _capture(self, rows: int, blocks: int, top_k: int) -> _Captured:
-        # Warm-up and capture run on the scratch slot and block only, so no request's state moves.
-        device = self.batched.device
-        slots = torch.full((rows,), self.batched.cache.scratch_slot, dtype=torch.long, device=device)
-        live = LiveBlocks(ids=torch.zeros(blocks, dtype=torch.long, device=device),
-                          rows=torch.arange(blocks, device=device) % rows,
-                          positions=torch.zeros(blocks, dtype=torch.long, device=device))
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self.eager(slots, live, top_k)
-        torch.cuda.current_stream().wait_stream(side)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()  # one pool: graphs replay one at a time
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            frames = self.eager(slots, live, top_k)
-        captured = _Captured(graph, slots, live, frames)
-        self._captured[(rows, blocks, top_k)] = captured
-        log.info("captured a CUDA graph for %d rows, %d live KV blocks, top-k %d", rows, blocks, top_k)
-        return captured
+class GraphCaptureFailed(RuntimeError):
+    """The decode step could not be captured as a CUDA graph: the engine refuses to start."""

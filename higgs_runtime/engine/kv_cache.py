@@ -2,7 +2,9 @@
 
 Device side: per layer a key pool and a value pool of shape (blocks, kv_heads, BLOCK_SIZE, head_dim),
 a block table (one row per slot: the ids of its blocks, in order) and each slot's length. Block 0 is
-scratch: unused table entries point at it, and the padding rows of a bucketed batch write into it.
+scratch: unused table entries point at it, and the padding rows of a padded batch write into it.
+Nothing else on the device is sized by what requests hold: the forward passes address the pools
+through the block table (`batched_model`).
 
 Host side: a free list, reservations and the prefix index. A request is admitted only if the blocks
 it could ever need (prompt plus its frame limit, capped at the per-request maximum) can be reserved,
@@ -21,10 +23,6 @@ import torch
 
 from .paged_attention import BLOCK_SIZE, blocks_for
 from .prefix_cache import PrefixIndex
-
-# On GPU the live-block count is rounded up to a multiple of this (padding blocks are empty), so a
-# few static shapes cover every batch.
-LIVE_BLOCKS_GRANULE = 64
 
 
 @dataclass(frozen=True)
@@ -58,11 +56,6 @@ class PagedKVCache:
         self.scratch_slot = num_slots
         self.block_table = torch.zeros((num_slots + 1, self.max_blocks_per_seq), dtype=torch.long, device=device)
         self.lengths = torch.zeros(num_slots + 1, dtype=torch.long, device=device)
-        # One layer's gathered live blocks, reused layer after layer: fixed addresses (CUDA graphs) and
-        # no per-step allocation of fresh pages (which costs more than the copy on CPU).
-        gathered = (self.num_blocks + LIVE_BLOCKS_GRANULE, kv_heads, BLOCK_SIZE, head_dim)
-        self._gathered_keys = torch.empty(gathered, device=device, dtype=dtype)
-        self._gathered_values = torch.empty(gathered, device=device, dtype=dtype)
         self._free = list(range(self.num_blocks, 0, -1))
         self._owned: dict[int, list[int]] = {}
         self._reserved: dict[int, int] = {}  # blocks promised to a slot and not yet taken
@@ -164,56 +157,21 @@ class PagedKVCache:
 
     def live_blocks(self, slots: list[int], tokens: list[int]) -> LiveBlocks:
         """The blocks holding the first `tokens[row]` positions of each row's slot, row after row (a
-        padding row's slot, the scratch slot, has the scratch block); on GPU padded with empty blocks
-        (scratch, past any length) to a multiple of LIVE_BLOCKS_GRANULE."""
+        padding row's slot, the scratch slot, has the scratch block). A block shared by several rows
+        (a cached prompt prefix) is listed once per row."""
         ids, rows, positions = [], [], []
         for row, (slot, length) in enumerate(zip(slots, tokens)):
             owned = [0] if slot == self.scratch_slot else self._owned[slot][:blocks_for(length)]
             ids += owned
             rows += [row] * len(owned)
             positions += range(len(owned))
-        if self.device.type != "cpu":
-            padding = -len(ids) % LIVE_BLOCKS_GRANULE
-            ids += [0] * padding
-            rows += [0] * padding
-            positions += [self.max_blocks_per_seq] * padding
         as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=self.device)  # noqa: E731
         return LiveBlocks(as_tensor(ids), as_tensor(rows), as_tensor(positions))
 
-    # --- device side ---
-    def _positions(self, slot: int, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Block ids and offsets of the slot's positions [start, end)."""
-        positions = torch.arange(start, end)
-        owned = torch.tensor(self._owned[slot], dtype=torch.long)
-        return owned[positions // BLOCK_SIZE].to(self.device), (positions % BLOCK_SIZE).to(self.device)
-
-    def read(self, slot: int, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The slot's keys and values for positions [0, end): (kv_heads, end, head_dim) each."""
-        blocks, offsets = self._positions(slot, 0, end)
-        return self.keys[layer][blocks, :, offsets].transpose(0, 1), self.values[layer][blocks, :, offsets].transpose(0, 1)
-
-    def store(self, slot: int, start: int, layer_keys: list[torch.Tensor], layer_values: list[torch.Tensor]) -> None:
-        """Writes positions [start, start + length) from (kv_heads, length, head_dim) per layer into the
-        slot's blocks (which `ensure` must have given it)."""
-        end = start + layer_keys[0].shape[1]
-        blocks, offsets = self._positions(slot, start, end)
-        for pool, new in zip(self.keys + self.values, layer_keys + layer_values):
-            pool[blocks, :, offsets] = new.transpose(0, 1)
-        self.lengths[slot] = end
-
-    def append(self, layer: int, block_rows: torch.Tensor, positions: torch.Tensor, key: torch.Tensor,
-               value: torch.Tensor) -> None:
-        """Writes one position per row. block_rows: (batch, max_blocks); positions: (batch,);
-        key, value: (batch, kv_heads, head_dim)."""
-        block = block_rows.gather(1, (positions // BLOCK_SIZE)[:, None])[:, 0]
-        offset = positions % BLOCK_SIZE
-        self.keys[layer][block, :, offset] = key
-        self.values[layer][block, :, offset] = value
-
-    def gather(self, layer: int, live: LiveBlocks) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of the live blocks, (blocks, kv_heads, BLOCK_SIZE, head_dim): views into the
-        gather buffers, valid until the next call."""
-        count = live.count
-        keys = torch.index_select(self.keys[layer], 0, live.ids, out=self._gathered_keys[:count])
-        values = torch.index_select(self.values[layer], 0, live.ids, out=self._gathered_values[:count])
-        return keys, values
+    def addresses(self, slot: int, start: int, end: int) -> tuple[list[int], list[int], list[int]]:
+        """Host lists for a prefill of the slot's positions [start, end) (whose blocks `ensure` gave):
+        the block and offset of each position, and the blocks holding positions [0, end)."""
+        owned = self._owned[slot]
+        positions = range(start, end)
+        return ([owned[p // BLOCK_SIZE] for p in positions], [p % BLOCK_SIZE for p in positions],
+                owned[:blocks_for(end)])

@@ -7,8 +7,9 @@ the math runs batched with fixed shapes, and each row's result depends only on i
 seed and how many frames it has drawn, never on the rest of the batch.
 
 Random numbers are counter-based: a draw's uniform is a hash of (seed, draw number, codebook,
-purpose), computed with integer tensor operations. There is no generator object per request and no
-host synchronisation, so the sampler runs inside a captured or compiled decode step.
+purpose), computed with integer arithmetic (`counter_uniforms` in torch operations; one Triton
+kernel on CUDA, the same integers). There is no generator object per request and no host
+synchronisation, so the sampler runs inside a captured or compiled decode step.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ def counter_uniforms(seed_low: torch.Tensor, seed_high: torch.Tensor, draw: torc
     return (bits >> 8).float() / float(1 << 24)
 
 
+def step_uniforms(seed_low: torch.Tensor, seed_high: torch.Tensor, draws: torch.Tensor, purposes: int,
+                  lanes: int) -> torch.Tensor:
+    """(rows, purposes, lanes): `counter_uniforms` for each purpose."""
+    return torch.stack([counter_uniforms(seed_low, seed_high, draws, purpose, lanes) for purpose in range(purposes)], 1)
+
+
 def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Indices drawn from `probs` (..., n) with one uniform per distribution (...)."""
     cumulative = probs.cumsum(-1)
@@ -65,8 +72,8 @@ def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
 
 
 def top_k_bucket(top_ks: list[int], vocab: int) -> int:
-    """How many best codes a batch's sampling must keep: a power of two covering every row's top-k
-    (all of them when a row has top-k off), so a few shapes serve every batch."""
+    """How many best codes a batch's sampling must keep on CPU (where sorting the whole codebook
+    costs): a power of two covering every row's top-k (all of them when a row has top-k off)."""
     wanted = max((k if 0 < k < vocab else vocab for k in top_ks), default=1)
     size = 1
     while size < wanted:
@@ -80,8 +87,11 @@ class SlotSampler:
     the host when a request is admitted; `next_frames` is tensor operations only."""
 
     def __init__(self, num_slots: int, num_codebooks: int, codebook_size: int, stream_bos: int, stream_eos: int,
-                 ras: RepetitionAware, device: torch.device):
+                 ras: RepetitionAware, device: torch.device, uniforms=None):
+        """`uniforms(seed_low, seed_high, draws, purposes, lanes)`: (rows, purposes, lanes) counter-based
+        uniforms (default: `step_uniforms`)."""
         self.stream_bos, self.stream_eos, self.ras, self.device = stream_bos, stream_eos, ras, device
+        self._uniforms = uniforms or step_uniforms
         self.codebook_size = codebook_size
         codes = torch.arange(codebook_size, device=device)
         self._not_bos, self._not_eos, self._is_eos = codes != stream_bos, codes != stream_eos, codes == stream_eos
@@ -127,10 +137,14 @@ class SlotSampler:
         scores = self._force_stream_markers(slots, logits)
         temperature = self.temperature[slots]
         greedy = scores.argmax(-1)
-        sampled = self._sample(slots, scores / torch.where(temperature > 0, temperature, 1.0)[:, None, None], top_k)
+        purposes = 2 if self.ras.window else 1
+        uniforms = self._uniforms(self.seed_low[slots], self.seed_high[slots], self.draws[slots], purposes,
+                                  logits.shape[1])
+        sampled = self._sample(slots, scores / torch.where(temperature > 0, temperature, 1.0)[:, None, None], top_k,
+                               uniforms[:, _SAMPLE])
         frames = torch.where((temperature > 0)[:, None], sampled, greedy)
         if self.ras.window:
-            frames = self._redraw_repeats(slots, frames, logits)
+            frames = self._redraw_repeats(slots, frames, logits, uniforms[:, _REDRAW])
         self.ending[slots] |= (frames == self.stream_eos).any(-1)
         self.draws[slots] += 1
         return frames
@@ -143,10 +157,7 @@ class SlotSampler:
         forced_away = (begin[..., None] & self._not_bos) | (end[..., None] & self._not_eos)
         return logits.masked_fill(forced_away, -torch.inf)
 
-    def _uniforms(self, slots: torch.Tensor, purpose: int, codebooks: int) -> torch.Tensor:
-        return counter_uniforms(self.seed_low[slots], self.seed_high[slots], self.draws[slots], purpose, codebooks)
-
-    def _sample(self, slots: torch.Tensor, scores: torch.Tensor, top_k: int) -> torch.Tensor:
+    def _sample(self, slots: torch.Tensor, scores: torch.Tensor, top_k: int, uniforms: torch.Tensor) -> torch.Tensor:
         """Top-k, then top-p, then one draw per codebook from each row's own random stream."""
         ordered, order = scores.topk(top_k, dim=-1, sorted=True)
         rank = torch.arange(top_k, device=scores.device)
@@ -154,14 +165,15 @@ class SlotSampler:
         probs = ordered.softmax(-1)
         mass_before = probs.cumsum(-1) - probs
         kept = probs.masked_fill(mass_before >= self.top_p[slots][:, None, None], 0.0)  # the best code always stays
-        picks = _inverse_cdf(kept, self._uniforms(slots, _SAMPLE, scores.shape[1]))
+        picks = _inverse_cdf(kept, uniforms)
         return order.gather(-1, picks[..., None]).squeeze(-1)
 
-    def _redraw_repeats(self, slots: torch.Tensor, frames: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    def _redraw_repeats(self, slots: torch.Tensor, frames: torch.Tensor, logits: torch.Tensor,
+                        uniforms: torch.Tensor) -> torch.Tensor:
         windows = self.window[slots]  # (batch, window, codebooks)
         counted = (windows != self.stream_bos) & (windows != self.stream_eos)
         redraw = ((windows == frames[:, None, :]) & counted).sum(1) >= self.ras.max_repeat
-        redrawn = _inverse_cdf(logits.softmax(-1), self._uniforms(slots, _REDRAW, frames.shape[1]))
+        redrawn = _inverse_cdf(logits.softmax(-1), uniforms)
         frames = torch.where(redraw, redrawn, frames)
         self.window[slots] = torch.cat([windows[:, 1:], frames[:, None]], dim=1)
         return frames

@@ -33,16 +33,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..cpu_threads import use_all_cores
-from .batched_model import BatchedModel, bucket
+from ..device_threads import prepare_engine_thread
+from .batched_model import BatchedModel
 from .contexts import Context, Sequence
+from .decode_graphs import GraphStatus
 from .decode_step import DecodeStep
-from .kv_cache import LiveBlocks
 from .paged_attention import BLOCK_SIZE, blocks_for
 from .prefill_pacing import FrameTimes, PrefillPacer
 from .prefix_cache import block_hashes
 from .requests import GenerationRequest, QueueFull, RequestHandle, RequestTooLarge
-from .sampling import RepetitionAware, SlotSampler, top_k_bucket
+from .sampling import RepetitionAware, SlotSampler
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ class EngineLoad:
     prefix_hit_blocks: int  # since start
     prefill_deferred_steps: int  # since start: steps in which pacing held new arrivals' prefill back
     kept_contexts: int  # conversations' contexts waiting for their next turn
+    decode_graphs: int  # CUDA graphs captured at start-up (0: eager steps)
+    graph_capture_failures: int  # failed capture attempts at start-up
 
 
 @dataclass(eq=False)  # identity: two running requests are never "equal"
@@ -76,19 +78,23 @@ class Scheduler:
     def __init__(self, model, max_batch_size: int, max_queue_size: int, max_seq_len: int,
                  kv_cache_tokens: int | None = None, ras: RepetitionAware = RepetitionAware(),
                  cuda_graphs: bool = True, prefill_chunk_tokens: int = 128, prefix_cache_tokens: int | None = None,
-                 prefill_pacer: PrefillPacer | None = None, on_load_change=None, context_idle_s: float = 300.0):
+                 prefill_pacer: PrefillPacer | None = None, on_load_change=None, context_idle_s: float = 300.0,
+                 kernels=None, graphs=None):
         """`kv_cache_tokens` is the KV budget shared by all requests (default: max_batch_size x max_seq_len);
         `prefix_cache_tokens` bounds idle cached prompt prefixes (default: half the budget); without a
-        `prefill_pacer` prefill is not paced; a kept context idle for `context_idle_s` is released."""
+        `prefill_pacer` prefill is not paced; a kept context idle for `context_idle_s` is released.
+        `kernels` and `graphs`: the decode step's kernels (`step_kernels`) and graph capture
+        (`decode_graphs`), by default those of the model's device."""
         self.batched = BatchedModel(model, max_batch_size, max_seq_len, kv_cache_tokens or max_batch_size * max_seq_len,
-                                    prefix_cache_tokens)
+                                    prefix_cache_tokens, kernels)
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.pacer = prefill_pacer or PrefillPacer(window_frames=0, frames_per_second=1)
         self.config = model.config
         self.device = self.batched.device
         self.sampler = SlotSampler(max_batch_size, self.config.num_codebooks, self.config.codebook_size,
-                                   self.config.audio_stream_bos_id, self.config.audio_stream_eos_id, ras, self.device)
-        self.step = DecodeStep(self.batched, self.sampler, cuda_graphs)
+                                   self.config.audio_stream_bos_id, self.config.audio_stream_eos_id, ras, self.device,
+                                   uniforms=self.batched.kernels.uniforms)
+        self.step = DecodeStep(self.batched, self.sampler, cuda_graphs, graphs)
         self.max_batch_size, self.max_queue_size, self.max_seq_len = max_batch_size, max_queue_size, max_seq_len
         self._waiting: collections.deque[RequestHandle] = collections.deque()
         self._prefilling: collections.deque[_Running] = collections.deque()  # admitted, prompt not yet all in cache
@@ -97,20 +103,29 @@ class Scheduler:
         self.context_idle_s = context_idle_s
         self._idle_contexts: collections.OrderedDict[Context, None] = collections.OrderedDict()  # oldest first
         self._releasing: list[Context] = []  # released by their owners, for the engine thread to free
-        # The running rows' slots (padded), their top-k width and live blocks: rebuilt when they change.
+        # The running rows' slots (padded), their top-k width and the attention's host-built batch:
+        # rebuilt when they change.
         self._batch_slots: torch.Tensor | None = None
         self._top_k = 1
-        self._live: LiveBlocks | None = None
+        self._attention_batch = None
+        self._attention_stale = True
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="engine-scheduler", daemon=True)
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
         # Called with an EngineLoad whenever it changes.
         self._on_load_change = on_load_change
         self._last_load: EngineLoad | None = None
 
     # --- public, any thread ---
     def start(self) -> None:
+        """Starts the engine thread and returns once it can serve: on CUDA, once every decode graph is
+        captured. Raises what kept it from starting (e.g. `GraphCaptureFailed`)."""
         self._thread.start()
+        self._started.wait()
+        if self._start_error is not None:
+            raise self._start_error
 
     def stop(self) -> None:
         with self._wakeup:
@@ -153,11 +168,15 @@ class Scheduler:
         return len(self._prefilling) + len(self._running)
 
     @property
+    def graph_status(self) -> GraphStatus:
+        return self.step.status
+
+    @property
     def load(self) -> EngineLoad:
-        cache = self.batched.cache
+        cache, graphs = self.batched.cache, self.step.status
         return EngineLoad(len(self._waiting), len(self._prefilling) + len(self._running), cache.blocks_used,
                           cache.num_blocks, cache.prefixes.cached_blocks, cache.prefixes.hits, self.pacer.deferred_total,
-                          len(self._idle_contexts))
+                          len(self._idle_contexts), graphs.graphs, graphs.failed_attempts)
 
     # --- the scheduler thread ---
     def _report_load(self) -> None:
@@ -167,8 +186,19 @@ class Scheduler:
             self._on_load_change(load)
 
     def _loop(self) -> None:
-        if self.device.type == "cpu":  # see cpu_threads
-            use_all_cores()
+        prepare_engine_thread(self.device)
+        with self.step.on_engine_stream():
+            try:
+                self.step.capture()
+            except BaseException as exc:
+                self._start_error = exc
+                return
+            finally:
+                self._report_load()
+                self._started.set()
+            self._serve()
+
+    def _serve(self) -> None:
         while True:
             with self._wakeup:
                 self._report_load()
@@ -333,8 +363,7 @@ class Scheduler:
         with torch.inference_mode():
             self.sampler.start(slot, request.sampling, prompt_audio)
             slots = torch.tensor([slot], device=self.device)
-            frames = self.sampler.next_frames(slots, logits[None], top_k_bucket([request.sampling.top_k],
-                                                                                self.config.codebook_size))
+            frames = self.sampler.next_frames(slots, logits[None], self.step.top_k_width([request.sampling.top_k]))
             self.step.last_frames[slot] = frames[0]
         self._continue_or_finish(running, frames[0].cpu().numpy(), time.perf_counter())
 
@@ -342,17 +371,17 @@ class Scheduler:
         started = time.perf_counter()
         batch = list(self._running)
         cache = self.batched.cache
-        padding = bucket(len(batch), self.device, self.max_batch_size) - len(batch)
+        slots = [r.slot for r in batch] + [cache.scratch_slot] * (self.step.rows(len(batch)) - len(batch))
         if self._batch_slots is None:
-            slots = [r.slot for r in batch] + [cache.scratch_slot] * padding
             self._batch_slots = torch.tensor(slots, device=self.device)
-            self._top_k = top_k_bucket([r.handle.request.sampling.top_k for r in batch], self.config.codebook_size)
-            self._live = None
+            self._top_k = self.step.top_k_width([r.handle.request.sampling.top_k for r in batch])
+            self._attention_stale = True
         grown = [cache.ensure(running.slot, running.cached_tokens + 1) for running in batch]
-        if self._live is None or any(grown):
-            slots = [r.slot for r in batch] + [cache.scratch_slot] * padding
-            self._live = cache.live_blocks(slots, [r.cached_tokens + 1 for r in batch] + [1] * padding)
-        frames = self.step(self._batch_slots, self._live, self._top_k)
+        if self._attention_stale or any(grown):
+            lengths = [r.cached_tokens + 1 for r in batch] + [1] * (len(slots) - len(batch))
+            self._attention_batch = self.batched.kernels.attention_batch(cache, slots, lengths)
+            self._attention_stale = False
+        frames = self.step(self._batch_slots, self._attention_batch, self._top_k)
         on_host = frames[:len(batch)].cpu().numpy()  # the step's one device-to-host copy
         arrived = time.perf_counter()
         self.pacer.decode_took(arrived - started)

@@ -15,6 +15,7 @@ from higgs_runtime.engine.paged_attention import BLOCK_SIZE, blocks_for, paged_a
 from higgs_runtime.engine.requests import GenerationRequest, RequestTooLarge
 from higgs_runtime.engine.sampling import RepetitionAware, SamplingParams, top_k_bucket
 from higgs_runtime.engine.scheduler import Scheduler
+from higgs_runtime.engine.step_kernels import TorchKernels
 from transformers import HiggsAudioV2Config
 
 MAX_LEN = 1024
@@ -45,8 +46,8 @@ def test_attention_equals_dense_attention_over_each_live_prefix(dtype, tolerance
     live = cache.live_blocks(slots, lengths)
     assert live.count == sum(blocks_for(length) for length in lengths)  # live blocks only, never max_len
     query = torch.randn(len(slots), 24, 128, generator=generator).to(dtype)
-    keys, values = cache.gather(0, live)
-    out = paged_attention(query, keys, values, live.rows, live.positions, torch.tensor(lengths), 128 ** -0.5)
+    out = TorchKernels(torch.device("cpu")).attention(query, cache.keys[0], cache.values[0], None, torch.tensor(lengths),
+                                                      live, 128 ** -0.5)
     assert torch.isfinite(out).all()
     for row, length in enumerate(lengths):
         blocks = cache.block_table[slots[row], :blocks_for(length)] if row < len(prefixes) else torch.tensor([0])
