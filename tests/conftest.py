@@ -10,11 +10,15 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-import requests
+# The engine's Triton kernels run on CPU tensors under Triton's interpreter, which is chosen when a
+# kernel is defined: before any test module imports one (CUDA tests are `bench/device_check.py`'s).
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from paths import REPO_DIR, VOICE_PROMPTS_DIR
-from runtime_fixtures import reference_clips, tiny_model  # noqa: F401  (fixtures shared by the unit tests)
+import pytest  # noqa: E402
+import requests  # noqa: E402
+
+from paths import REPO_DIR, VOICE_PROMPTS_DIR  # noqa: E402
+from runtime_fixtures import reference_clips, tiny_model  # noqa: E402, F401  (fixtures shared by the unit tests)
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 

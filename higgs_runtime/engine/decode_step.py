@@ -69,8 +69,9 @@ class DecodeStep:
         slots = torch.full((rows,), self.batched.cache.scratch_slot, dtype=torch.long, device=device)
         live = self.batched.kernels.attention_batch(self.batched.cache, slots.tolist(), [1] * rows)
         step = lambda: self.eager(slots, live, codebook)  # noqa: E731
-        self._graphs.warm_up(step)
-        graph, frames = self._graphs.capture(step)
+        with torch.inference_mode():
+            self._graphs.warm_up(step)
+            graph, frames = self._graphs.capture(step)
         self._captured[rows] = (graph, slots, frames)
 
     def __call__(self, slots: torch.Tensor, live, top_k: int) -> torch.Tensor:

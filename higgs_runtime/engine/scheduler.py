@@ -382,7 +382,8 @@ class Scheduler:
             self._attention_batch = self.batched.kernels.attention_batch(cache, slots, lengths)
             self._attention_stale = False
         frames = self.step(self._batch_slots, self._attention_batch, self._top_k)
-        on_host = frames[:len(batch)].cpu().numpy()  # the step's one device-to-host copy
+        # The step's one device-to-host copy (a copy on CPU too: a replayed graph reuses its output).
+        on_host = frames[:len(batch)].to("cpu", copy=True).numpy()
         arrived = time.perf_counter()
         self.pacer.decode_took(arrived - started)
         for running, host_frame in zip(batch, on_host):

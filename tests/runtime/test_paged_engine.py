@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from higgs_runtime import prompts
 from higgs_runtime.engine.kv_cache import PagedKVCache
@@ -257,3 +258,72 @@ def test_a_queued_request_times_out_while_others_run(tiny_model):
         assert not running.done
         running.cancel()
     assert result.finish_reason == "timeout"
+
+
+# --- what the admission bounds, and what never waits for the device ----------------------------------
+
+@pytest.mark.filterwarnings("error")  # torch warns when it resizes an output buffer that is too small
+def test_rows_sharing_a_long_voice_beyond_the_pools_size_each_get_what_they_get_alone(tiny_model, reference_clips):
+    """The worst case the settings allow: a KV budget below slots x max length, and every row sharing
+    one long voice, so the rows' live blocks, shared ones counted once per row, outnumber the pool's."""
+    prompt = clone_prompt(tiny_model, reference_clips, seconds=30)
+    # Admission reserves a request's whole need before it finds the voice cached, so the budget must
+    # also hold one more such reservation; 3 x 1024 tokens are 48 blocks.
+    slots, frames, max_len = 8, 100, 1024
+    settings = dict(max_batch_size=slots, max_queue_size=slots, max_seq_len=max_len, kv_cache_tokens=3 * max_len)
+    with running_engine(tiny_model.model, **settings) as engine:
+        handles = [engine.submit(request(prompt, frames, seed=seed)) for seed in range(slots)]
+        peak_rows = 0
+        while not all(handle.done for handle in handles):
+            peak_rows = max(peak_rows, len(engine._running))
+            time.sleep(0.002)
+        crowded = [handle.result(0) for handle in handles]
+        pool_blocks = engine.batched.cache.num_blocks
+    assert peak_rows == slots and slots * blocks_for(prompt.num_tokens + frames) > pool_blocks
+    with running_engine(tiny_model.model, **settings) as engine:
+        alone = [engine.submit(request(prompt, frames, seed=seed)).result(60) for seed in range(slots)]
+    for together, single in zip(crowded, alone):
+        assert together.finish_reason == "length" and np.array_equal(together.frames, single.frames)
+
+
+_HOST_SYNCS = {"aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::nonzero", "aten::masked_select",
+               "aten::equal"}
+
+
+class _Waits(TorchDispatchMode):
+    """Records the operations that make the host wait for the device: reading a value back, or
+    indexing by a boolean mask (whose result's size only the device knows)."""
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        boolean_index = func.name() in ("aten::index.Tensor", "aten::index_put_", "aten::index_put") and any(
+            isinstance(index, torch.Tensor) and index.dtype == torch.bool for index in (args[1] or ()))
+        if func.name() in _HOST_SYNCS or boolean_index:
+            self.found.append(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+def test_prefill_chunks_and_decode_steps_never_wait_for_the_device(tiny_model, reference_clips):
+    engine = Scheduler(tiny_model.model, max_batch_size=2, max_queue_size=2, max_seq_len=1024,
+                       prefill_chunk_tokens=64)  # not started: driven by hand
+    prompt = clone_prompt(tiny_model, reference_clips)
+    engine.submit(request(prompt, 10))
+    engine._admit()
+    running = engine._prefilling[0]
+    engine.batched.cache.ensure(running.slot, prompt.num_tokens)
+    with torch.inference_mode():
+        engine.batched.prefill(running.slot, prompt.input_ids, prompt.audio_frames, 0, 64)
+        is_audio = np.isin(prompt.input_ids[64:128], engine.batched.audio_token_ids)
+        assert is_audio.any() and not is_audio.all()  # text and audio positions: both FFNs
+        with _Waits() as waits:
+            engine.batched.prefill(running.slot, prompt.input_ids, prompt.audio_frames, 64, 128)
+    assert waits.found == []
+    engine._prefill_chunks()
+    slots = torch.tensor([running.slot])
+    live = engine.batched.kernels.attention_batch(engine.batched.cache, [running.slot], [prompt.num_tokens + 1])
+    with torch.inference_mode(), _Waits() as waits:
+        engine.step.eager(slots, live, 64)
+    assert waits.found == []
