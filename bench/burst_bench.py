@@ -31,7 +31,8 @@ import numpy as np
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from server_process import REFERENCE_SECONDS, BenchServer, reference_wav, stream_pcm  # noqa: E402
+from server_process import BenchServer, stream_pcm  # noqa: E402
+from voice_clip import REFERENCE_SECONDS, reference_wav  # noqa: E402
 
 RUNNING_TEXT = ("A listener keeps hearing this long paragraph while other requests arrive, and the audio must "
                 "keep flowing without a stall. ") * 2  # one generation chunk
@@ -60,47 +61,52 @@ def playback_stall(listener: dict, start: float, end: float) -> float:
     return stalled
 
 
-def measure(preset: str, label: str, env: dict[str, str], frames: int) -> dict:
-    server = BenchServer(preset, env)
+def measure(preset: str, label: str, env: dict[str, str], frames: int, device: str = "cpu") -> dict:
+    server = BenchServer(preset, env, device)
     try:
-        wav, transcript = reference_wav()
-        upload = requests.post(server.url + "/upload-voice", files={"file": ("burst.wav", wav)},
-                               data={"name": "burst", "transcript": transcript}, timeout=120)
-        upload.raise_for_status()
-        ref = {"ref_audio": base64.b64encode(wav).decode(), "ref_text": transcript}
-        stream(server.url, "Warm up.", 10, 0)
-        alone = {
-            "plain": statistics.median(stream(server.url, ARRIVAL_TEXT, 30, seed)["first"] for seed in (1, 2, 3)),
-            "named voice, first use": stream(server.url, ARRIVAL_TEXT, 30, 2, voice="burst")["first"],
-            "named voice, repeated": statistics.median(stream(server.url, ARRIVAL_TEXT, 30, seed, voice="burst")["first"]
-                                                       for seed in (3, 4, 5)),
-            "one-off ref_audio": stream(server.url, ARRIVAL_TEXT, 30, 4, **ref)["first"],
-        }
-        # The burst voice must be cold again: a second voice, same length, never used before.
-        upload = requests.post(server.url + "/upload-voice", files={"file": ("burst2.wav", wav[:44] + wav[44:][::-1])},
-                               data={"name": "burst2", "transcript": transcript}, timeout=120)
-        upload.raise_for_status()
-        with concurrent.futures.ThreadPoolExecutor(12) as pool:
-            running = [pool.submit(stream, server.url, RUNNING_TEXT, frames, 10 + i) for i in range(4)]
-            time.sleep(0.5)
-            while not all(r.running() for r in running):
-                time.sleep(0.05)
-            time.sleep(1.0)  # the streams are playing (and still generating: about 3x faster than realtime)
-            burst_started = time.perf_counter()
-            arrivals = [pool.submit(stream, server.url, ARRIVAL_TEXT, 30, 20 + i, voice="burst2") for i in range(8)]
-            arrived = [a.result() for a in arrivals]
-            burst_ended = max(a["started"] + a["first"] for a in arrived)
-            listeners = [r.result() for r in running]
-        gaps = [b - a for listener in listeners for a, b in zip(listener["times"], listener["times"][1:])
-                if b >= burst_started and a <= burst_ended]
-        audio = sum(x["seconds"] for x in arrived + listeners)
-        wall = max(x["times"][-1] for x in arrived + listeners) - min(x["started"] for x in listeners)
-        return {"label": label, "alone": alone, "largest gap": max(gaps, default=0.0),
-                "stall": max(playback_stall(listener, burst_started, burst_ended) for listener in listeners),
-                "arrival first p50": statistics.median(a["first"] for a in arrived),
-                "arrival first max": max(a["first"] for a in arrived), "audio_s_per_s": audio / wall}
+        return scenario(server.url, label, frames)
     finally:
         server.stop()
+
+
+def scenario(url: str, label: str, frames: int) -> dict:
+    """Steps 1 and 2 of the module's docstring against the server at `url` (left running)."""
+    wav, transcript = reference_wav()
+    upload = requests.post(url + "/upload-voice", files={"file": ("burst.wav", wav)},
+                           data={"name": "burst", "transcript": transcript}, timeout=120)
+    upload.raise_for_status()
+    ref = {"ref_audio": base64.b64encode(wav).decode(), "ref_text": transcript}
+    stream(url, "Warm up.", 10, 0)
+    alone = {
+        "plain": statistics.median(stream(url, ARRIVAL_TEXT, 30, seed)["first"] for seed in (1, 2, 3)),
+        "named voice, first use": stream(url, ARRIVAL_TEXT, 30, 2, voice="burst")["first"],
+        "named voice, repeated": statistics.median(stream(url, ARRIVAL_TEXT, 30, seed, voice="burst")["first"]
+                                                   for seed in (3, 4, 5)),
+        "one-off ref_audio": stream(url, ARRIVAL_TEXT, 30, 4, **ref)["first"],
+    }
+    # The burst voice must be cold again: a second voice, same length, never used before.
+    upload = requests.post(url + "/upload-voice", files={"file": ("burst2.wav", wav[:44] + wav[44:][::-1])},
+                           data={"name": "burst2", "transcript": transcript}, timeout=120)
+    upload.raise_for_status()
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        running = [pool.submit(stream, url, RUNNING_TEXT, frames, 10 + i) for i in range(4)]
+        time.sleep(0.5)
+        while not all(r.running() for r in running):
+            time.sleep(0.05)
+        time.sleep(1.0)  # the streams are playing (and still generating: about 3x faster than realtime)
+        burst_started = time.perf_counter()
+        arrivals = [pool.submit(stream, url, ARRIVAL_TEXT, 30, 20 + i, voice="burst2") for i in range(8)]
+        arrived = [a.result() for a in arrivals]
+        burst_ended = max(a["started"] + a["first"] for a in arrived)
+        listeners = [r.result() for r in running]
+    gaps = [b - a for listener in listeners for a, b in zip(listener["times"], listener["times"][1:])
+            if b >= burst_started and a <= burst_ended]
+    audio = sum(x["seconds"] for x in arrived + listeners)
+    wall = max(x["times"][-1] for x in arrived + listeners) - min(x["started"] for x in listeners)
+    return {"label": label, "alone": alone, "largest gap": max(gaps, default=0.0),
+            "stall": max(playback_stall(listener, burst_started, burst_ended) for listener in listeners),
+            "arrival first p50": statistics.median(a["first"] for a in arrived),
+            "arrival first max": max(a["first"] for a in arrived), "audio_s_per_s": audio / wall}
 
 
 def codec_rounds(preset: str, streams: int = 16, window_frames: int = 37, rounds: int = 10) -> tuple[float, float]:
@@ -141,15 +147,16 @@ def codec_rounds(preset: str, streams: int = 16, window_frames: int = 37, rounds
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="small-random", choices=["tiny-random", "small-random"])
+    parser.add_argument("--preset", default="small-random", choices=["tiny-random", "small-random", "full-random"])
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--frames", type=int, default=250, help="max_new_tokens of the running streams")
     args = parser.parse_args()
     configs = [("after (defaults)", {}),
                ("before (whole-prompt prefill, no prefix cache)",
                 {"HIGGS_PREFILL_CHUNK_TOKENS": "4096", "HIGGS_PREFILL_PACING": "false",
                  "HIGGS_PREFIX_CACHE_TOKENS": "0"})]
-    results = [measure(args.preset, label, env, args.frames) for label, env in configs]
-    print(f"preset {args.preset} | CPU | {REFERENCE_SECONDS:.0f} s reference voice | a streamed chunk carries "
+    results = [measure(args.preset, label, env, args.frames, args.device) for label, env in configs]
+    print(f"preset {args.preset} | {args.device} | {REFERENCE_SECONDS:.0f} s reference voice | a streamed chunk carries "
           f"{CHUNK_SECONDS:.0f} s of audio\n")
     print("| configuration | plain, first audio (s) | named voice first use (s) | named voice repeated (s) "
           "| one-off ref_audio (s) | burst: running streams' largest gap (s) | burst: running streams' playback "

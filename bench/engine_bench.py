@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import psutil
 import torch
 from transformers import GenerationConfig
@@ -34,19 +33,17 @@ from transformers import GenerationConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from higgs_runtime import prompts  # noqa: E402
-from higgs_runtime.audio import decode_audio  # noqa: E402
 from higgs_runtime.codec import Codec  # noqa: E402
 from higgs_runtime.config import Settings  # noqa: E402
 from higgs_runtime.engine.requests import GenerationRequest  # noqa: E402
 from higgs_runtime.engine.sampling import SamplingParams  # noqa: E402
 from higgs_runtime.engine.scheduler import Scheduler  # noqa: E402
 from higgs_runtime.streaming import StreamingConfig, StreamingDecoder  # noqa: E402
-from higgs_runtime.tiny_random import ensure_built, ensure_preset, model_config  # noqa: E402
+from higgs_runtime.tiny_random import FULL_SIZE_PRESET, ensure_preset, full_size_model  # noqa: E402
+from voice_clip import REFERENCE_SECONDS, reference_voice  # noqa: E402
 
 FRAMES_PER_SECOND = 25
 TEXT = "The quick brown fox jumps over the lazy dog, and then it takes a long rest in the warm afternoon sun."
-VOICES = Path(__file__).resolve().parents[2] / "shared" / "voice_prompts"
-REFERENCE_SECONDS = 30.0
 DEFAULTS = Settings()
 
 
@@ -102,15 +99,10 @@ def load_preset(preset: str, device: torch.device, cache_dir: Path):
     from transformers import AutoTokenizer, HiggsAudioV2ForConditionalGeneration, HiggsAudioV2TokenizerModel
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if preset == "full-random":
-        paths = ensure_built(cache_dir)  # only for its real text tokenizer and codec
-        config = model_config(hidden_size=3072, num_layers=28, num_heads=24, num_kv_heads=8)
-        config.intermediate_size = 8192
-        config.head_dim = 128
-        with torch.device(device):
-            model = HiggsAudioV2ForConditionalGeneration(config).to(dtype).eval()
+    paths = ensure_preset(cache_dir, preset)
+    if preset == FULL_SIZE_PRESET:
+        model = full_size_model(device, dtype)
     else:
-        paths = ensure_preset(cache_dir, preset)
         model = HiggsAudioV2ForConditionalGeneration.from_pretrained(paths.model, dtype=dtype).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(paths.model)
     codec = HiggsAudioV2TokenizerModel.from_pretrained(paths.audio_tokenizer).to(device).eval()
@@ -174,15 +166,9 @@ def kv_bytes_per_token(scheduler: Scheduler) -> int:
     return config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * element
 
 
-def reference_clip(seconds: float) -> np.ndarray:
-    """A `seconds`-long reference voice: the shared clips one after another, cut to length."""
-    clips = [decode_audio(path.read_bytes(), min_seconds=0, max_seconds=60) for path in sorted(VOICES.glob("*.wav"))]
-    return np.concatenate(clips)[: int(seconds * 24000)]
-
-
 def bench_prompts(model, tokenizer, codec: Codec) -> dict[str, prompts.Prompt]:
-    codes = codec.encode(reference_clip(REFERENCE_SECONDS))
-    transcript = " ".join(path.read_text().strip() for path in sorted(VOICES.glob("*.txt")))
+    clip, transcript = reference_voice()
+    codes = codec.encode(clip)
     clone = prompts.clone_messages(TEXT, transcript, None)
     return {"plain": prompts.tokenize(prompts.plain_messages(TEXT, None), [], tokenizer, model.config),
             "clone": prompts.tokenize(clone, [codes], tokenizer, model.config)}

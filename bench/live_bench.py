@@ -30,7 +30,8 @@ import requests
 from websockets.sync.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from server_process import REFERENCE_SECONDS, BenchServer, reference_wav, stream_pcm  # noqa: E402
+from server_process import BenchServer, stream_pcm  # noqa: E402
+from voice_clip import REFERENCE_SECONDS, reference_wav  # noqa: E402
 
 from higgs_runtime import loading  # noqa: E402
 from higgs_runtime.audio import decode_audio  # noqa: E402

@@ -3,7 +3,6 @@ offline, with its own data directory and BentoML home."""
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import subprocess
@@ -12,28 +11,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import requests
-import soundfile as sf
-
-from higgs_runtime.audio import decode_audio
+from voice_clip import VOICES
 
 REPO = Path(__file__).resolve().parents[1]
-VOICES = REPO.parent / "shared" / "voice_prompts"
-REFERENCE_SECONDS = 30.0  # a real clone reference: about 770 prompt tokens of audio
-
-
-def reference_wav() -> tuple[bytes, str]:
-    """A 30 s reference voice (the shared voices one after another) and a transcript for it."""
-    clips = [decode_audio(path.read_bytes(), min_seconds=0, max_seconds=60) for path in sorted(VOICES.glob("*.wav"))]
-    buffer = io.BytesIO()
-    sf.write(buffer, np.concatenate(clips)[: int(REFERENCE_SECONDS * 24000)], 24000, format="WAV", subtype="PCM_16")
-    transcript = " ".join(path.read_text().strip() for path in sorted(VOICES.glob("*.txt")))
-    return buffer.getvalue(), transcript[:1000]
 
 
 class BenchServer:
-    def __init__(self, preset: str, extra_env: dict[str, str] | None = None):
+    def __init__(self, preset: str, extra_env: dict[str, str] | None = None, device: str = "cpu",
+                 start_timeout_s: float = 300):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
@@ -44,19 +30,21 @@ class BenchServer:
         self.log_path = work / "server.log"
         self.process = subprocess.Popen(
             [sys.executable, str(REPO / "main.py"), "--host", "127.0.0.1", "--port", str(port),
-             "--model-path", preset, "--audio-tokenizer-path", preset, "--device", "cpu"],
+             "--model-path", preset, "--audio-tokenizer-path", preset, "--device", device],
             env=env, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+        deadline, status = time.monotonic() + start_timeout_s, "not answering"
+        while time.monotonic() < deadline and not status.startswith("unhealthy") and self.process.poll() is None:
             try:
-                if requests.get(self.url + "/health", timeout=2).json()["status"] == "healthy":
+                health = requests.get(self.url + "/health", timeout=2).json()
+                status = health["status"] if health["status"] != "unhealthy" else f"unhealthy: {health['error']}"
+                if status == "healthy":
                     return
             except (requests.ConnectionError, requests.Timeout, ValueError):
                 pass
             time.sleep(0.5)
         self.stop()
-        raise SystemExit(f"server did not start; see {self.log_path}")
+        raise SystemExit(f"server did not start ({status}); see {self.log_path}")
 
     def stop(self) -> None:
         self.process.terminate()

@@ -11,8 +11,9 @@ from .streaming import StreamingConfig
 DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
 DEFAULT_AUDIO_TOKENIZER = "bosonai/higgs-audio-v2-tokenizer"
 MAX_WORKERS = 64
-# Offline presets: the real architecture with random weights (they produce noise, not speech).
-RANDOM_PRESETS = ("tiny-random", "small-random")
+# Offline presets: the real architecture with random weights (they produce noise, not speech);
+# full-random is the real size, for GPUs.
+RANDOM_PRESETS = ("tiny-random", "small-random", "full-random")
 # Raw URL prefix of the reference repository's voice prompts, pinned to one commit.
 DEFAULT_VOICE_SOURCE = (
     "https://raw.githubusercontent.com/boson-ai/higgs-audio/"

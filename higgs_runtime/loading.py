@@ -10,6 +10,7 @@ import torch
 
 from .config import RANDOM_PRESETS, Settings
 from .device_threads import use_device
+from .tiny_random import FULL_SIZE_PRESET, ensure_preset, full_size_model
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +63,15 @@ def load(settings: Settings) -> LoadedModel:
         if model_path != codec_path:
             raise ValueError(f"a random preset must be used for both --model-path and --audio-tokenizer-path "
                              f"({' or '.join(RANDOM_PRESETS)})")
-        from .tiny_random import ensure_preset
-
         built = ensure_preset(settings.cache_dir, model_path)
         codec_id = built.audio_tokenizer.parent.name
         model_path, codec_path = str(built.model), str(built.audio_tokenizer)
-    log.info("loading model %s and audio tokenizer %s on %s (%s)", model_path, codec_path, device, dtype)
-    model = HiggsAudioV2ForConditionalGeneration.from_pretrained(model_path, dtype=dtype, attn_implementation="sdpa")
-    model = model.to(device).eval()
+    log.info("loading model %s and audio tokenizer %s on %s (%s)", settings.model_path, codec_path, device, dtype)
+    if settings.model_path == FULL_SIZE_PRESET:
+        model = full_size_model(device, dtype)
+    else:
+        model = HiggsAudioV2ForConditionalGeneration.from_pretrained(model_path, dtype=dtype, attn_implementation="sdpa")
+        model = model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     # The codec stays in fp32: it is small, and its convolutions lose quality in bf16.
     codec = HiggsAudioV2TokenizerModel.from_pretrained(codec_path).to(device).eval()

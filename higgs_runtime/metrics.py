@@ -37,6 +37,11 @@ class ServiceMetrics:
                                             multiprocess_mode="livesum")
         self.kept_contexts = Gauge("higgs_kept_contexts", "Conversations' KV kept between turns (long texts, live "
                                    "sessions)", multiprocess_mode="livesum")
+        self.decode_graphs = Gauge("higgs_cuda_graphs_captured",
+                                   "Decode-step CUDA graphs captured at start-up (0: eager decoding steps)",
+                                   multiprocess_mode="livesum")
+        self.graph_capture_failures = Gauge("higgs_cuda_graph_capture_failures",
+                                            "Failed CUDA graph capture attempts at start-up", multiprocess_mode="livesum")
 
     def observe_engine(self, load) -> None:
         """`load`: the engine's `EngineLoad`."""
@@ -48,6 +53,8 @@ class ServiceMetrics:
         self.prefix_reused_blocks.set(load.prefix_hit_blocks)
         self.prefill_deferred_steps.set(load.prefill_deferred_steps)
         self.kept_contexts.set(load.kept_contexts)
+        self.decode_graphs.set(load.decode_graphs)
+        self.graph_capture_failures.set(load.graph_capture_failures)
 
     def observe_request(self, started: float, first_audio: float, audio_seconds: float, finish_reason: str) -> None:
         elapsed = max(time.monotonic() - started, 1e-6)

@@ -6,6 +6,11 @@ service depends on real (special tokens and their ids, 24 kHz audio at 25 frames
 1024 codes plus stream begin/end), and shrink only the widths and depths. They are built from fixed
 seeds, saved like a real checkpoint and loaded back through the same `from_pretrained` code. They
 produce noise, not speech.
+
+`full-random` is the generation model at its real size (5.4 B parameters, the checkpoint's shape),
+for measuring a GPU without downloading weights: built directly on the device in its dtype (on a CPU
+its initialisation takes minutes) by every process that loads it, never saved. Its text tokenizer
+and audio tokenizer are tiny-random's (the same vocabulary and special tokens).
 """
 
 from __future__ import annotations
@@ -165,6 +170,7 @@ def audio_tokenizer_config():
 
 
 PRESET_SIZES = {"tiny-random": {}, "small-random": {"hidden_size": 512, "num_layers": 4}}
+FULL_SIZE_PRESET = "full-random"
 
 
 @dataclass(frozen=True)
@@ -213,4 +219,21 @@ def ensure_built(cache_dir: Path, name: str = "tiny-random", hidden_size: int = 
 
 
 def ensure_preset(cache_dir: Path, name: str) -> TinyRandomPaths:
+    """The preset's saved files; for `full-random`, tiny-random's (its tokenizers)."""
+    if name == FULL_SIZE_PRESET:
+        name = "tiny-random"
     return ensure_built(cache_dir, name=name, **PRESET_SIZES[name])
+
+
+def full_size_model(device: torch.device, dtype: torch.dtype):
+    """The generation model at its real size with random weights, built on `device` in `dtype`."""
+    from transformers import GenerationConfig, HiggsAudioV2Config, HiggsAudioV2ForConditionalGeneration
+
+    # The library's defaults are the checkpoint's shape: 28 layers x 3072, 24 query and 8 KV heads of
+    # 128, FFNs of 8192; the codebooks hold 1024 codes plus stream begin and end, as in the checkpoint.
+    config = HiggsAudioV2Config(vocab_size=VOCAB_SIZE, codebook_size=1026, max_position_embeddings=8192)
+    torch.manual_seed(SEED)
+    with torch.device(device):
+        model = HiggsAudioV2ForConditionalGeneration._from_config(config, dtype=dtype).eval()
+    model.generation_config = GenerationConfig(eos_token_id=128009, pad_token_id=128001)
+    return model

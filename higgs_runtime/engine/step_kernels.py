@@ -52,8 +52,9 @@ class AppendAt:
 
 @dataclass(frozen=True)
 class Linear:
-    weight: torch.Tensor  # as the kernels use it (prepacked on CPU)
+    weight: torch.Tensor  # as the kernels use it
     bias: torch.Tensor | None
+    prepacked: bool = False  # for oneDNN
 
 
 class TorchKernels:
@@ -66,12 +67,12 @@ class TorchKernels:
         self._gathered: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def prepare(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Linear:
-        if self._prepack:
-            weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACKING_ROWS_HINT)
+        if self._prepack and weight.dtype == torch.float32:  # (oneDNN's bf16 needs CPU features few have)
+            return Linear(torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACKING_ROWS_HINT), bias, True)
         return Linear(weight, bias)
 
     def linear(self, linear: Linear, rows: torch.Tensor) -> torch.Tensor:
-        if self._prepack:
+        if linear.prepacked:
             return torch.ops.mkldnn._linear_pointwise(rows, linear.weight, linear.bias, "none", [], "")
         return F.linear(rows, linear.weight, linear.bias)
 
