@@ -191,7 +191,7 @@ class BatchedModel:
         _, normed = kernels.add_rms_norm(hidden, delta, self.final_norm)
         logits = kernels.linear(self.audio_head, normed)
         cache.lengths[slots] = lengths
-        cache.lengths[cache.scratch_slot] = 0
+        cache.lengths[cache.scratch_slot:].zero_()  # (a Python 0 assigned would be a host-to-device copy)
         return self._frame_logits(logits)
 
     def _frame_logits(self, logits: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from higgs_runtime.engine.paged_attention import BLOCK_SIZE, blocks_for, paged_a
 from higgs_runtime.engine.requests import GenerationRequest, RequestTooLarge
 from higgs_runtime.engine.sampling import RepetitionAware, SamplingParams, top_k_bucket
 from higgs_runtime.engine.scheduler import Scheduler
-from higgs_runtime.engine.step_kernels import TorchKernels
+from higgs_runtime.engine.step_kernels import TorchKernels, TritonKernels
 from transformers import HiggsAudioV2Config
 
 MAX_LEN = 1024
@@ -291,24 +291,28 @@ _HOST_SYNCS = {"aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "a
 
 
 class _Waits(TorchDispatchMode):
-    """Records the operations that make the host wait for the device: reading a value back, or
-    indexing by a boolean mask (whose result's size only the device knows)."""
+    """Records the operations that make the host wait for the device (reading a value back, or
+    indexing by a boolean mask, whose result's size only the device knows), and the tensors made of
+    host values (on CUDA, copies from the host, which a graph capture refuses)."""
 
     def __init__(self):
         super().__init__()
-        self.found = []
+        self.found, self.from_host = [], []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         boolean_index = func.name() in ("aten::index.Tensor", "aten::index_put_", "aten::index_put") and any(
             isinstance(index, torch.Tensor) and index.dtype == torch.bool for index in (args[1] or ()))
         if func.name() in _HOST_SYNCS or boolean_index:
             self.found.append(func.name())
+        if func.name() == "aten::lift_fresh":
+            self.from_host.append(func.name())
         return func(*args, **(kwargs or {}))
 
 
-def test_prefill_chunks_and_decode_steps_never_wait_for_the_device(tiny_model, reference_clips):
+@pytest.mark.parametrize("kernels", [None, TritonKernels(1024)], ids=["CPU path", "CUDA path (interpreted)"])
+def test_prefill_chunks_and_decode_steps_never_wait_for_the_device(tiny_model, reference_clips, kernels):
     engine = Scheduler(tiny_model.model, max_batch_size=2, max_queue_size=2, max_seq_len=1024,
-                       prefill_chunk_tokens=64)  # not started: driven by hand
+                       prefill_chunk_tokens=64, kernels=kernels)  # not started: driven by hand
     prompt = clone_prompt(tiny_model, reference_clips)
     engine.submit(request(prompt, 10))
     engine._admit()
@@ -326,4 +330,4 @@ def test_prefill_chunks_and_decode_steps_never_wait_for_the_device(tiny_model, r
     live = engine.batched.kernels.attention_batch(engine.batched.cache, [running.slot], [prompt.num_tokens + 1])
     with torch.inference_mode(), _Waits() as waits:
         engine.step.eager(slots, live, 64)
-    assert waits.found == []
+    assert waits.found == [] and waits.from_host == []
