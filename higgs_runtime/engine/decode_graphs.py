@@ -1,8 +1,9 @@
-"""Capturing the decode step as CUDA graphs: once, at start-up, or not at all.
+"""Capturing the decode step as a CUDA graph: once, at start-up, or not at all.
 
-- The engine thread selects its worker's device, then captures every graph on its own
-  high-priority stream in thread-local capture mode (another thread's device work cannot invalidate
-  it), before the engine reports ready and before the codec or any request touches the device.
+- The engine thread selects its worker's device, then captures the graph (the step has one shape,
+  see `decode_step`) on its own high-priority stream in thread-local capture mode (another thread's
+  device work cannot invalidate it), before the engine reports ready and before the codec or any
+  request touches the device.
 - A capture that fails is retried; one that keeps failing stops the engine from starting, and says
   why. Graphs are never turned off behind the operator's back: `HIGGS_CUDA_GRAPHS=false` is how to
   serve with eager steps.
@@ -37,13 +38,11 @@ class CaptureAttemptFailed(RuntimeError):
 
 
 class CudaGraphs:
-    """CUDA's graph API on one device: the engine's stream, and one memory pool for all the graphs
-    (they replay one at a time)."""
+    """CUDA's graph API on one device, on the engine's stream."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self._stream: torch.cuda.Stream | None = None
-        self._pool = None
 
     def stream_context(self) -> contextlib.AbstractContextManager:
         if self._stream is None:
@@ -57,16 +56,13 @@ class CudaGraphs:
         torch.cuda.current_stream(self.device).synchronize()
 
     def capture(self, step: Callable[[], torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, pool=self._pool, stream=self._stream, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
                 output = step()
         except torch.OutOfMemoryError:
             raise
         except RuntimeError as exc:
-            self._pool = None
             if not self._device_usable():
                 raise
             raise CaptureAttemptFailed(f"{type(exc).__name__}: {exc}") from exc
@@ -80,22 +76,19 @@ class CudaGraphs:
         return True
 
 
-def capture_with_retries(graphs, row_counts: list[int], capture_one: Callable[[int], None],
-                         attempts: int = CAPTURE_ATTEMPTS) -> GraphStatus:
-    """Runs `capture_one(rows)` for every row count (it warms up, then captures through `graphs`),
-    all of them again after a failed attempt. Returns the final status; errors other than a failed
-    capture attempt propagate."""
+def capture_with_retries(capture: Callable[[], None], attempts: int = CAPTURE_ATTEMPTS) -> GraphStatus:
+    """Runs `capture()` (it warms up, then captures through `CudaGraphs`) until it succeeds, at most
+    `attempts` times. Returns the final status; errors other than a failed attempt propagate."""
     failures = []
     while len(failures) < attempts:
         try:
-            for rows in row_counts:
-                capture_one(rows)
+            capture()
         except CaptureAttemptFailed as exc:
             failures.append(str(exc))
             log.warning("CUDA graph capture failed (attempt %d of %d): %s", len(failures), attempts, exc)
             continue
-        log.info("captured %d CUDA graph(s) of the decode step (rows: %s)", len(row_counts), row_counts)
-        return GraphStatus("captured", len(row_counts), len(failures))
+        log.info("captured the decode step's CUDA graph")
+        return GraphStatus("captured", 1, len(failures))
     return GraphStatus("failed", 0, len(failures),
                        f"CUDA graph capture of the decode step failed {len(failures)} times (last: {failures[-1]}); "
                        "set HIGGS_CUDA_GRAPHS=false to serve with eager decoding steps")

@@ -38,7 +38,7 @@ class DecodeStep:
         self._graphs = graphs
         self.fixed_shape = on_cuda or graphs is not None
         self.status = GraphStatus("pending" if self._graphs else "off")
-        self._captured: dict[int, tuple] = {}  # rows -> (graph, static slots, static frames)
+        self._graph: tuple | None = None  # (graph, static slots, static frames) once captured
 
     def rows(self, count: int) -> int:
         """The decode rows for a batch of `count` requests (padding rows name the scratch slot)."""
@@ -54,32 +54,31 @@ class DecodeStep:
         return self._graphs.stream_context() if self._graphs else contextlib.nullcontext()
 
     def capture(self) -> GraphStatus:
-        """Captures the decode graph of every row count the engine can use, before any request
-        (engine thread, inside `on_engine_stream`). Raises if capture fails for good."""
+        """Captures the decode graph before any request (engine thread, inside `on_engine_stream`).
+        Raises if capture fails for good."""
         if self._graphs:
-            row_counts = sorted({self.rows(count) for count in range(1, self.batched.num_slots + 1)})
-            self.status = capture_with_retries(self._graphs, row_counts, self._capture_one)
+            self.status = capture_with_retries(self._capture)
             if self.status.state == "failed":
                 raise GraphCaptureFailed(self.status.error)
         return self.status
 
-    def _capture_one(self, rows: int) -> None:
+    def _capture(self) -> None:
         # Warm-up and capture run on the scratch slot only, so no request's state moves.
-        device, codebook = self.batched.device, self.batched.config.codebook_size
-        slots = torch.full((rows,), self.batched.cache.scratch_slot, dtype=torch.long, device=device)
+        rows, codebook = self.rows(1), self.batched.config.codebook_size
+        slots = torch.full((rows,), self.batched.cache.scratch_slot, dtype=torch.long, device=self.batched.device)
         live = self.batched.kernels.attention_batch(self.batched.cache, slots.tolist(), [1] * rows)
         step = lambda: self.eager(slots, live, codebook)  # noqa: E731
         with torch.inference_mode():
             self._graphs.warm_up(step)
             graph, frames = self._graphs.capture(step)
-        self._captured[rows] = (graph, slots, frames)
+        self._graph = (graph, slots, frames)
 
     def __call__(self, slots: torch.Tensor, live, top_k: int) -> torch.Tensor:
         """Next frames (rows, codebooks) for the rows' slots; each slot's last frame is updated."""
         with torch.inference_mode():
-            if not self._captured:
+            if self._graph is None:
                 return self.eager(slots, live, top_k)
-            graph, static_slots, frames = self._captured[slots.shape[0]]
+            graph, static_slots, frames = self._graph
             static_slots.copy_(slots)
             graph.replay()
             return frames
