@@ -280,7 +280,7 @@ def run(report: Report) -> None:
         print(f"\n## {name}", flush=True)
         try:
             function(report, *args)
-        except Exception as exc:  # a failed step is a FAIL row; the other steps still run
+        except (Exception, SystemExit) as exc:  # a failed step is a FAIL row; the other steps still run
             traceback.print_exc()
             report.add(name, "runs", f"{type(exc).__name__}: {str(exc)[:200]}", False)
         print(f"  ({time.perf_counter() - started:.0f} s)", flush=True)

@@ -72,7 +72,7 @@ def count_decode_step(device: torch.device, rows: int = 2) -> LaunchCounter:
     max_len = 512
     engine = Scheduler(model, max_batch_size=rows, max_queue_size=rows, max_seq_len=max_len,
                        kernels=TritonKernels(max_len), cuda_graphs=False)  # not started: driven step by step here
-    prompt = Prompt([128000, 1, 2, 3, config.audio_token_id], np.zeros((0, config.num_codebooks), dtype=np.int64))
+    prompt = Prompt([128000, 1, 2, 3, config.audio_bos_token_id], np.zeros((0, config.num_codebooks), dtype=np.int64))
     for seed in range(rows):
         engine.submit(GenerationRequest(prompt, SamplingParams(seed=seed), 10, 10**9, 60))
     engine._admit()
