@@ -91,7 +91,7 @@ def scenario(url: str, label: str, frames: int) -> dict:
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         running = [pool.submit(stream, url, RUNNING_TEXT, frames, 10 + i) for i in range(4)]
         time.sleep(0.5)
-        while not all(r.running() for r in running):
+        while not all(r.running() or r.done() for r in running):  # (a short stream may be over already)
             time.sleep(0.05)
         time.sleep(1.0)  # the streams are playing (and still generating: about 3x faster than realtime)
         burst_started = time.perf_counter()
