@@ -342,15 +342,14 @@ class Scheduler:
             if end - start > budget:
                 break
             self.batched.cache.ensure(running.slot, end)
-            audio = torch.from_numpy(prompt.audio_frames)
-            logits = self.batched.prefill(running.slot, prompt.input_ids, audio, start, end)
+            logits = self.batched.prefill(running.slot, prompt.input_ids, prompt.audio_frames, start, end)
             running.cached_tokens, budget = end, budget - (end - start)
             handle.prefill_tokens += end - start
             if end == prompt.num_tokens:
                 self._prefilling.popleft()
                 if not running.continued:  # a context's blocks hold decoded KV, not a prefill's: never shared
                     self.batched.cache.remember_prefix(running.slot, handle.prefix_names)
-                self._start_decoding(running, logits, audio)
+                self._start_decoding(running, logits, torch.from_numpy(prompt.audio_frames))
         if self.pacer.enabled and budget < self.prefill_chunk_tokens:
             if self.device.type == "cuda":  # the time of the work, not of its launch
                 torch.cuda.synchronize(self.device)
