@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import time
+from dataclasses import asdict
 
 import bentoml
 from fastapi import APIRouter, Depends
@@ -19,7 +20,7 @@ from higgs_runtime.speech import Sampling, SpeechPlan
 from .errors import ApiError, json_errors
 from .inputs import optional_text, present, required_text, speaker_voices, voice_name
 from .plans import clone_plan, in_thread, sampling, voice_named
-from .schemas import (GenerateResponse, Health, MaxNewTokens, NormalizeText, ReferenceVoices, ResponseFormat,
+from .schemas import (DecodeGraphs, GenerateResponse, Health, MaxNewTokens, NormalizeText, ReferenceVoices, ResponseFormat,
                       ScenePrompt, Seed, Temperature, Text, TopK, TopP, Usage, VoiceDescriptionText)
 from .state import ServerState, server_state
 
@@ -38,6 +39,7 @@ def health(state: ServerState = Depends(server_state)) -> Health:
                   voices_available=len(state.voices.list()), model_path=settings.model_path,
                   audio_tokenizer_path=settings.audio_tokenizer_path, version=__version__,
                   worker=bentoml.server_context.worker_index, error=state.loader.error,
+                  decode_graphs=DecodeGraphs(**asdict(synthesizer.scheduler.graph_status)) if synthesizer else None,
                   note=RANDOM_PRESET_NOTE.format(settings.model_path) if settings.is_random_preset else None)
 
 

@@ -60,6 +60,16 @@ class VoiceInfo(VoiceSummary):
     created: str | None
 
 
+class DecodeGraphs(BaseModel):
+    """The decode step's CUDA graph, captured at start-up."""
+
+    state: Literal["off", "pending", "captured", "failed"] = Field(
+        description="off: CPU, or HIGGS_CUDA_GRAPHS=false; failed: the server refused to start (error says why).")
+    graphs: int
+    failed_attempts: int
+    error: str | None = None
+
+
 class Health(BaseModel):
     status: Literal["healthy", "loading", "unhealthy"]
     model_loaded: bool
@@ -69,6 +79,7 @@ class Health(BaseModel):
     audio_tokenizer_path: str
     version: str
     worker: int | None = None  # which worker process (1..HIGGS_WORKERS) answered
+    decode_graphs: DecodeGraphs | None = None  # once the engine has started
     error: str | None = None
     note: str | None = None
 

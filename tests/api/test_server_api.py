@@ -47,6 +47,7 @@ def test_health_reports_the_ready_model(base_url):
     health = requests.get(base_url + "/health", timeout=5).json()
     assert health["status"] == "healthy" and health["model_loaded"] is True
     assert health["device"] == "cpu"
+    assert health["decode_graphs"] == {"state": "off", "graphs": 0, "failed_attempts": 0, "error": None}  # CPU
     assert health["voices_available"] >= len(PRESETS)
     assert "noise" in health["note"]
 
