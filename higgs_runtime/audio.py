@@ -8,8 +8,7 @@ import re
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.functional
+import soxr
 
 SAMPLE_RATE = 24000
 MIN_INPUT_RATE = 16000
@@ -99,7 +98,11 @@ def _finite(samples: np.ndarray) -> np.ndarray:
 
 
 def _resample(samples: np.ndarray, rate: int) -> np.ndarray:
+    """To SAMPLE_RATE with libsoxr's polyphase resampler: its time and memory grow with the clip's
+    length, never with the rates' factors (a sinc kernel over rate / gcd(rate, 24000) phases would
+    take gigabytes for a clip at 16,001 Hz)."""
     if rate == SAMPLE_RATE:
         return samples
-    resampled = torchaudio.functional.resample(torch.from_numpy(samples), rate, SAMPLE_RATE)
-    return resampled.numpy()
+    # "HQ": 20-bit precision (about 120 dB), finer than the 16-bit clips users send and the codec can
+    # hear, at a fraction of "VHQ"'s (28-bit) cost.
+    return soxr.resample(np.ascontiguousarray(samples, dtype=np.float32), rate, SAMPLE_RATE, quality="HQ")

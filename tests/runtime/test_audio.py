@@ -1,6 +1,9 @@
 import base64
 import io
+import subprocess
+import sys
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,3 +226,56 @@ def test_encode_wav_refuses_multichannel():
 
 def test_duration_seconds():
     assert duration_seconds(np.zeros(SAMPLE_RATE * 3)) == 3.0
+
+
+ODD_RATES = [16001, 16006, 22050, 44100, 47999, 48000]
+
+
+@pytest.mark.parametrize("rate", ODD_RATES)
+def test_any_rate_resamples_to_the_right_length(rate):
+    frames = int(rate * 1.7) + 3
+    samples = decode_audio(encoded(np.zeros(frames, dtype=np.float32) + 0.01, rate, subtype="FLOAT"), **LIMITS)
+    assert samples.dtype == np.float32 and samples.ndim == 1
+    assert abs(len(samples) - frames * SAMPLE_RATE / rate) <= 1
+
+
+@pytest.mark.parametrize("rate", ODD_RATES)
+def test_a_tone_keeps_its_pitch_through_resampling(rate):
+    seconds, pitch = 2.0, 440.0
+    tone = 0.5 * np.sin(2 * np.pi * pitch * np.arange(int(rate * seconds)) / rate).astype(np.float32)
+    samples = decode_audio(encoded(tone, rate, subtype="FLOAT"), **LIMITS)
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    peak = np.fft.rfftfreq(len(samples), 1 / SAMPLE_RATE)[spectrum.argmax()]
+    assert abs(peak - pitch) <= 1.0  # the FFT's bins are 0.5 Hz apart
+    middle = samples[SAMPLE_RATE // 2:-SAMPLE_RATE // 2]  # away from the filter's edges
+    assert abs(np.sqrt(np.mean(middle ** 2)) - 0.5 / np.sqrt(2)) < 0.01  # and its level
+
+
+# Run in a fresh interpreter: its peak resident memory (ru_maxrss, which sees the C library's
+# allocations that tracemalloc does not) grows only by what decoding these clips takes.
+_PEAK_MEMORY_PROBE = """
+import io, resource, sys
+import numpy as np, soundfile as sf
+from higgs_runtime.audio import decode_audio
+
+rate = int(sys.argv[1])
+clips = []
+for seconds in (0.6, 30.0):
+    buffer = io.BytesIO()
+    tone = 0.3 * np.sin(np.arange(int(rate * seconds)) * 0.05).astype(np.float32)
+    sf.write(buffer, tone, rate, format="WAV", subtype="PCM_16")
+    clips.append(buffer.getvalue())
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for data in clips:
+    decode_audio(data, min_seconds=0.5, max_seconds=30.0)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)  # KiB -> MiB
+"""
+
+
+@pytest.mark.parametrize("rate", [16001, 16006, 47999])
+def test_resampling_memory_does_not_depend_on_the_rate(rate):
+    """A rate sharing few factors with 24 kHz once made a WAV of 18 KB take gigabytes to resample."""
+    probe = subprocess.run([sys.executable, "-c", _PEAK_MEMORY_PROBE, str(rate)], capture_output=True, text=True,
+                           timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert probe.returncode == 0, probe.stderr
+    assert int(probe.stdout.strip()) < 100  # MiB, for a 0.6 s and a 30 s clip
