@@ -223,8 +223,31 @@ class Synthesizer:
         chunks = split_for_generation(text, self.settings.long_form_chunk_chars)
         plan = SpeechPlan(conversation, chunks, voice_from_first_chunk, self.settings.long_form_context_chunks,
                           deadline=time.monotonic() + self.settings.request_timeout_s)
-        plan.first_prompt = self._prompt(plan, 0)  # it must fit before anything is queued
+        # Every chunk must fit before anything is queued, or a long text would fail half-way through
+        # an admitted request (a stream already answered 200). The first chunk's prompt is its minimal one.
+        plan.first_prompt = self._minimal_prompt(plan, 0)
+        for index in range(1, len(chunks)):
+            self._minimal_prompt(plan, index)
         return plan
+
+    def _minimal_prompt(self, plan: SpeechPlan, index: int) -> prompts.Prompt:
+        """Chunk `index`'s smallest prompt, the one `_prompt` falls back to: the fixed conversation and
+        its text, with no earlier chunk. `InvalidRequest` naming the chunk when even that does not fit."""
+        try:
+            return self._tokenize(plan, index, [], self.settings.max_seq_len - 1)
+        except prompts.PromptTooLong as exc:
+            raise self._too_long(plan, index, exc.num_tokens) from None
+
+    def _too_long(self, plan: SpeechPlan, index: int, num_tokens: int) -> InvalidRequest:
+        limit = f"the server's limit is {self.settings.max_seq_len}"
+        if not plan.open and len(plan.chunks) == 1:
+            return InvalidRequest(f"the prompt is {num_tokens} tokens long (text and reference audio); {limit}")
+        chunk = plan.chunks[index]
+        quoted = f"\"{chunk[:40]}…\"" if len(chunk) > 40 else f"\"{chunk}\""
+        which = (f"the segment {quoted}" if plan.open else
+                 f"chunk {index + 1} of {len(plan.chunks)} of the text ({quoted}, {len(chunk)} characters)")
+        return InvalidRequest(f"{which} with the scene prompt and reference audio is {num_tokens} tokens long; "
+                              f"{limit}: shorten the scene prompt, the reference audio or that part of the text")
 
     def _prompt(self, plan: SpeechPlan, index: int, frames: int = 0) -> prompts.Prompt:
         """Chunk `index`'s prompt: the conversation since the last re-base, while that leaves room for
@@ -240,14 +263,16 @@ class Synthesizer:
                 pass
         dropped = 0
         while True:
-            turns, plan.history_start = plan.history(index, rebased=True, dropped=dropped)
+            turns, start = plan.history(index, rebased=True, dropped=dropped)
             try:
-                return self._tokenize(plan, index, turns, limit)
+                prompt = self._tokenize(plan, index, turns, limit)
             except prompts.PromptTooLong as exc:
-                if not turns:  # no earlier chunk left to leave out
-                    raise InvalidRequest(f"the prompt is {exc.num_tokens} tokens long (text and reference audio); "
-                                         f"the server's limit is {self.settings.max_seq_len}") from None
+                if not turns:  # no earlier chunk left to leave out (a plan checks this for all its chunks)
+                    raise self._too_long(plan, index, exc.num_tokens) from None
                 dropped += 1
+                continue
+            plan.history_start = start  # only once it fits: a refused live segment leaves the plan as it was
+            return prompt
 
     def _tokenize(self, plan: SpeechPlan, index: int | None, turns: list, max_tokens: int) -> prompts.Prompt:
         """Chunk `index`'s prompt with `turns` before it (index None: the fixed part, with no text to say)."""
