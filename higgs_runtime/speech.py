@@ -27,7 +27,7 @@ from .codec import ClipCodes, Codec
 from .codec_batching import CodecDecodeBatcher
 from .config import Settings
 from .engine.contexts import Context
-from .engine.delay_pattern import undo_delay_pattern
+from .engine.delay_pattern import steps_for_frames, undo_delay_pattern
 from .engine.prefill_pacing import PrefillPacer
 from .engine.requests import GenerationRequest, GenerationResult, RequestHandle
 from .engine.sampling import RepetitionAware, SamplingParams
@@ -66,7 +66,7 @@ class Sampling:
     temperature: float
     top_p: float
     top_k: int
-    max_new_tokens: int  # frames per chunk of text
+    max_new_tokens: int  # frames of audio (40 ms each) per chunk of text, at most
     seed: int | None
 
 
@@ -76,6 +76,9 @@ class Speech:
     finish_reason: str
     prompt_tokens: int  # the sum over text chunks of each one's whole prompt
     prefill_tokens: int  # the prompt tokens the engine computed (the rest came from cached or continued KV)
+    # Decoding steps the model ran, one frame of 8 codes each: the audio frames plus, per text chunk, the
+    # delay pattern's 8 that complete none (the all-begin frame, the 7 of the ramp) and, when the audio
+    # ended by itself, the closing all-end frame: a chunk cut at max_new_tokens ran max_new_tokens + 8.
     completion_tokens: int
     first_audio_at: float  # time.monotonic() when the first audio was ready
     audio_seconds: float
@@ -249,16 +252,16 @@ class Synthesizer:
         return InvalidRequest(f"{which} with the scene prompt and reference audio is {num_tokens} tokens long; "
                               f"{limit}: shorten the scene prompt, the reference audio or that part of the text")
 
-    def _prompt(self, plan: SpeechPlan, index: int, frames: int = 0) -> prompts.Prompt:
+    def _prompt(self, plan: SpeechPlan, index: int, steps: int = 0) -> prompts.Prompt:
         """Chunk `index`'s prompt: the conversation since the last re-base, while that leaves room for
-        `frames` of audio; else re-based (and the plan's later chunks continue from there). A chunk whose
+        `steps` decoding steps; else re-based (and the plan's later chunks continue from there). A chunk whose
         re-based context would not fit at all hears fewer earlier chunks instead of failing half-way
         through an admitted request."""
         limit = self.settings.max_seq_len - 1
         turns, _ = plan.history(index)
         if len(turns) > (1 if plan.voice_from_first_chunk and index else 0):
             try:
-                return self._tokenize(plan, index, turns, limit - frames)
+                return self._tokenize(plan, index, turns, limit - steps)
             except prompts.PromptTooLong:
                 pass
         dropped = 0
@@ -281,22 +284,28 @@ class Synthesizer:
                                 text_tokens=text_normalize.SOUND_EVENT_TOKENS)
 
     # --- generation ---
+    def engine_steps(self, sampling: Sampling) -> int:
+        """The decoding steps a chunk may run for `max_new_tokens` frames of audio."""
+        return steps_for_frames(sampling.max_new_tokens, self.loaded.config.num_codebooks)
+
     def submit_chunk(self, plan: SpeechPlan, index: int, sampling: Sampling) -> RequestHandle:
         """Queues text chunk `index` (with the chunks before it as context); chunk i uses seed + i.
 
         Only the first chunk faces admission (`QueueFull`): the later ones continue a request already
         admitted, so they go ahead of new arrivals. Each chunk gets the time left until the request's deadline.
+        `max_new_tokens` counts frames of audio: the engine runs the delay pattern's steps on top
+        (`engine_steps`), so even 1 gives audio.
         """
         remaining = plan.deadline - time.monotonic()
         if remaining <= 0:
             raise self._timed_out()
         chunk_seed = None if sampling.seed is None else sampling.seed + index
+        steps = self.engine_steps(sampling)
         return self.scheduler.submit(GenerationRequest(
-            prompt=plan.first_prompt if index == 0 and plan.first_prompt else self._prompt(plan, index,
-                                                                                           sampling.max_new_tokens),
+            prompt=plan.first_prompt if index == 0 and plan.first_prompt else self._prompt(plan, index, steps),
             sampling=SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                                     seed=chunk_seed),
-            max_new_frames=sampling.max_new_tokens,
+            max_new_frames=steps,
             guard_frames=runaway_guard_frames(plan.chunks[index], self.settings.runaway_guard_multiple),
             timeout_s=remaining,
             context=plan.context,

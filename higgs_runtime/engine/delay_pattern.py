@@ -24,6 +24,13 @@ def add_delay_pattern(codes: np.ndarray, stream_bos: int, stream_eos: int) -> np
     return frames
 
 
+def steps_for_frames(frames: int, num_codebooks: int) -> int:
+    """Decoding steps that give `frames` frames of audio: the first step emits the all-begin frame and
+    codebook k starts k steps late, so the first complete frame comes with step `num_codebooks + 1`
+    (each step after it completes one more). Fewer steps give no audio at all."""
+    return frames + num_codebooks
+
+
 def undo_delay_pattern(frames: np.ndarray, codebook_size: int) -> np.ndarray:
     """Generated frames (without the leading all-begin frame and the closing all-end frame) ->
     codes (codebooks, frames - codebooks + 1), clipped to real code values."""

@@ -29,6 +29,9 @@ class RequestTooLarge(ValueError):
 class GenerationRequest:
     prompt: Prompt
     sampling: SamplingParams
+    # Decoding steps, as transformers' generate() counts its max_new_tokens: the all-begin frame and the
+    # delay ramp included (`delay_pattern.steps_for_frames` gives the steps for a number of audio frames).
+    # Admission reserves KV for the prompt and all of them.
     max_new_frames: int
     guard_frames: int  # the runaway guard: stop once this many frames exist and the audio has not ended
     timeout_s: float

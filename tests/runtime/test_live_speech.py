@@ -53,7 +53,7 @@ def whole(synthesizer, conversation: LiveSpeech, index: int):
     plan = conversation.plan
     prompt = synthesizer._tokenize(plan, index, plan.history(index)[0], 10 ** 6)
     request = GenerationRequest(prompt, SamplingParams(temperature=0.0, top_p=1.0, top_k=0, seed=GREEDY.seed + index),
-                                GREEDY.max_new_tokens, guard_frames=10 ** 6, timeout_s=60)
+                                synthesizer.engine_steps(GREEDY), guard_frames=10 ** 6, timeout_s=60)
     return prompt, synthesizer.scheduler.submit(request).result(60)
 
 

@@ -136,7 +136,7 @@ def test_a_continued_chunk_speaks_as_its_conversation_computed_whole(tiny_model,
         assert new_turn <= results[index].prefill_tokens <= new_turn + results[index - 1].steps
         whole = synthesizer.scheduler.submit(GenerationRequest(
             prompt=prompt, sampling=SamplingParams(temperature=0.0, top_p=1.0, top_k=0, seed=3 + index),
-            max_new_frames=40, guard_frames=10 ** 6, timeout_s=60)).result(60)
+            max_new_frames=synthesizer.engine_steps(greedy), guard_frames=10 ** 6, timeout_s=60)).result(60)
         assert whole.prefill_tokens > results[index].prefill_tokens
         assert np.array_equal(whole.frames, results[index].frames), f"chunk {index}"
 
