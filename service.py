@@ -8,14 +8,17 @@ import logging
 import bentoml
 from starlette.middleware.cors import CORSMiddleware
 
-from higgs_api.app import GENERATION_PATHS, OPEN_PATHS, create_app
+from higgs_api.app import GENERATION_PATHS, JSON_PATHS, OPEN_PATHS, create_app, route_paths
 from higgs_api.drain import Drain, DrainGate
-from higgs_api.middleware import (ApiKeyAuth, ApiKeys, BodySizeLimit, CancelOnDisconnect, ClientErrorLogFilter,
-                                  ErrorContract, RequestId, RequestIdLogFilter)
+from higgs_api.middleware import (ApiKeyAuth, ApiKeys, CancelOnDisconnect, ClientErrorLogFilter, ErrorContract,
+                                  RequestId, RequestIdLogFilter)
+from higgs_api.request_guards import BodyGuard, FramingRule, JsonContentType
 from higgs_api.rest import RestApi
+from higgs_api.route_metrics import BENTOML_SYSTEM_PATHS, RouteTemplates, label_bentoml_metrics_by_route
 from higgs_api.state import ServerState
 from higgs_api.voices import UPLOAD_ROUTE, VoiceApi
 from higgs_runtime.config import Settings
+from higgs_runtime.native_memory import bound_native_memory
 from higgs_runtime.scaling import for_worker, resources, worker_count
 
 # BentoML's logging leaves the root at WARNING: our INFO lines (client errors, model loading) need their own level.
@@ -30,6 +33,7 @@ for name in list(logging.root.manager.loggerDict):
 logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())
 
 settings = for_worker(Settings.from_env(), bentoml.server_context.worker_index)
+bound_native_memory(settings.malloc_trim_interval_s)
 WORKERS = worker_count(settings)
 drain = Drain(settings.drain_timeout_s)
 api_keys = ApiKeys(settings.api_key_set())
@@ -58,9 +62,13 @@ class HiggsAudio(RestApi, VoiceApi):
         return self.state.loader.status == "ready" and not drain.draining
 
 
+label_bentoml_metrics_by_route(RouteTemplates([*route_paths(http_app.routes), *BENTOML_SYSTEM_PATHS,
+                                               *(api.route for api in HiggsAudio.apis.values())]))
+
 # Outermost first: request ids on everything; CORS, which answers preflights before any key is asked
-# for and marks every answer, errors included; the error shapes, the drain gate, keys and body limits;
-# and innermost the disconnect watch, which cancels the route's own work.
+# for and marks every answer, errors included; the error shapes, framing, the drain gate, keys, the
+# JSON routes' content type, body limits; and innermost the disconnect watch, which cancels the route's
+# own work.
 HiggsAudio.add_asgi_middleware(RequestId)
 if settings.cors_origin_list:
     HiggsAudio.add_asgi_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list,
@@ -68,9 +76,11 @@ if settings.cors_origin_list:
                                    allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
                                    expose_headers=["X-Request-ID"], max_age=600)
 HiggsAudio.add_asgi_middleware(ErrorContract)
+HiggsAudio.add_asgi_middleware(FramingRule)
 HiggsAudio.add_asgi_middleware(DrainGate, drain=drain, refused_paths=GENERATION_PATHS,
                                untracked_paths=OPEN_PATHS | {"/metrics"})
 HiggsAudio.add_asgi_middleware(ApiKeyAuth, keys=api_keys, open_paths=OPEN_PATHS)
-HiggsAudio.add_asgi_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, upload_path=UPLOAD_ROUTE,
-                               max_upload_bytes=settings.max_upload_bytes + 64 * 1024)
+HiggsAudio.add_asgi_middleware(JsonContentType, paths=JSON_PATHS)
+HiggsAudio.add_asgi_middleware(BodyGuard, max_bytes=settings.max_request_bytes, upload_path=UPLOAD_ROUTE,
+                               max_upload_bytes=settings.max_upload_bytes + 64 * 1024, timeout_s=settings.body_timeout_s)
 HiggsAudio.add_asgi_middleware(CancelOnDisconnect)

@@ -1,5 +1,5 @@
 """The FastAPI app BentoML mounts at `/`: every route that is not a BentoML API method, our error
-answers for them, and which paths are open (no API key) or generate (refused while draining)."""
+answers for them, and which paths are open (no API key), generate (refused while draining) or take JSON."""
 
 from __future__ import annotations
 
@@ -19,12 +19,23 @@ from .errors import ApiError, error_body, validation_error
 # pages and their files.
 OPEN_PATHS = frozenset({"/health", "/livez", "/readyz", "/schema.json", *playground.PUBLIC_PATHS,
                         *api_docs.PUBLIC_PATHS})
-GENERATION_PATHS = frozenset({"/generate", "/generate/voice-clone", "/generate/multi-speaker", "/v1/audio/speech",
-                              realtime.LIVE_PATH})
+JSON_PATHS = frozenset({"/generate", "/generate/voice-clone", "/generate/multi-speaker", "/v1/audio/speech"})
+GENERATION_PATHS = JSON_PATHS | {realtime.LIVE_PATH}
 
 
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
     return JSONResponse(error_body(exc.detail, exc.param), exc.status)
+
+
+def route_paths(routes) -> list[str]:
+    """The path templates of `routes`, through included routers (no prefixes: ours have none)."""
+    paths = []
+    for route in routes:
+        if isinstance(getattr(route, "path", None), str):
+            paths.append(route.path)
+        elif hasattr(route, "original_router"):
+            paths += route_paths(route.original_router.routes)
+    return paths
 
 
 def create_app(bentoml_spec: Callable[[], dict]) -> FastAPI:

@@ -33,18 +33,21 @@ class ApiError(Exception):
         self.status, self.detail, self.param = status, detail, param
 
 
-class RequestBodyTooLarge(Exception):
-    """Raised while a body streams in past its limit; `middleware.BodySizeLimit` answers 413."""
+class BodyRefused(Exception):
+    """Raised to the app while a body streams in past its size or time limit; `request_guards.BodyGuard`
+    answers it."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
 
 
 def status_for(exc: Exception) -> int | None:
     """The status of an exception the API expects; None for a fault (500, logged with its traceback)."""
-    if isinstance(exc, ApiError):
+    if isinstance(exc, (ApiError, BodyRefused)):
         return exc.status
     if isinstance(exc, VoiceExists):
         return 409
-    if isinstance(exc, RequestBodyTooLarge):
-        return 413
     if isinstance(exc, (InvalidRequest, AudioInputError, VoiceError, RequestTooLarge)):
         return 400
     if isinstance(exc, QueueFull):

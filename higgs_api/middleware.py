@@ -1,5 +1,5 @@
 """ASGI middlewares that hold the HTTP contract on every route, BentoML's own included: request
-ids, optional API keys (401), request body limits (413), work stopped when the client goes away, and
+ids, optional API keys (401), work stopped when the client goes away (499 when it left mid-body), and
 error bodies: `{"detail": "<message>"}` on the seed's routes, OpenAI's `{"error": {"message", "type",
 "code", "param"}}` under /v1/. Client errors are logged as one line each."""
 
@@ -15,9 +15,10 @@ import uuid
 
 from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import INTERNAL_ERROR, OPENAI_PREFIX, RequestBodyTooLarge
+from .errors import INTERNAL_ERROR, OPENAI_PREFIX, BodyRefused
 
 log = logging.getLogger("higgs_audio.http")
 
@@ -47,6 +48,11 @@ async def send_error(send: Send, status: int, detail: str, path: str, extra_head
     kind = "websocket.http.response" if websocket else "http.response"
     await send({"type": f"{kind}.start", "status": status, "headers": headers + list(extra_headers)})
     await send({"type": f"{kind}.body", "body": body})
+
+
+def loggable_path(path: str, limit: int = 200) -> str:
+    """A path as log lines show it: a client may send megabytes of URL."""
+    return path if len(path) <= limit else f"{path[:limit]}... ({len(path)} characters)"
 
 
 class RequestId:
@@ -126,63 +132,17 @@ class ApiKeyAuth:
         await send_error(send, 401, detail, scope["path"], [(b"www-authenticate", b"Bearer")])
 
 
-class BodySizeLimit:
-    """Refuses bodies above `max_bytes` with 413: by Content-Length up front, or while the body streams
-    in (chunked bodies have no length). However the app handles the overflow (BentoML turns any error
-    while it reads a body into a 500), the answer is the 413."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int, upload_path: str, max_upload_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-        self.upload_path, self.max_upload_bytes = upload_path, max_upload_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope["path"]
-        limit = self.max_upload_bytes if path == self.upload_path else self.max_bytes
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await self._refuse(send, limit, path)
-        received = 0
-        too_large = started = refused = False
-
-        async def limited_receive() -> Message:
-            nonlocal received, too_large
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    too_large = True
-                    raise RequestBodyTooLarge()
-            return message
-
-        async def refusing_send(message: Message) -> None:
-            nonlocal started, refused
-            if too_large and not started:
-                if not refused:
-                    refused = True
-                    await self._refuse(send, limit, path)
-                return
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, refusing_send)
-        except RequestBodyTooLarge:
-            pass
-        if too_large and not started and not refused:
-            await self._refuse(send, limit, path)
-
-    @staticmethod
-    async def _refuse(send: Send, limit: int, path: str) -> None:
-        await send_error(send, 413, f"request body is larger than the limit of {limit // (1024 * 1024)} MiB", path)
-
-
 class CancelOnDisconnect:
     """Cancels the app's work on a request when the client goes away before the response is complete,
     so generation stops within a step on every route. BentoML's routes never look for a disconnect
     themselves. Once the app has read the whole body, this middleware listens for the disconnect and
-    hands it on to the app too (starlette's streaming responses wait for it)."""
+    hands it on to the app too (starlette's streaming responses wait for it).
+
+    A client that leaves while sending its body is answered (and counted in the request metrics) as
+    499, client closed request: whatever the app makes of the cut body (BentoML: a 500) is not a
+    server fault."""
+
+    LEFT_MID_BODY = 499
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -191,7 +151,7 @@ class CancelOnDisconnect:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         body_read, client_gone = asyncio.Event(), asyncio.Event()
-        response_complete = False
+        response_started = response_complete = False
 
         async def app_receive() -> Message:
             if body_read.is_set():
@@ -205,7 +165,13 @@ class CancelOnDisconnect:
             return message
 
         async def app_send(message: Message) -> None:
-            nonlocal response_complete
+            nonlocal response_started, response_complete
+            if client_gone.is_set() and not body_read.is_set():
+                if not response_started:
+                    await self._left_mid_body(send)
+                response_started = response_complete = True
+                return
+            response_started = True
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 response_complete = True
             await send(message)
@@ -221,14 +187,24 @@ class CancelOnDisconnect:
         watcher = asyncio.create_task(watch_for_disconnect())
         try:
             await work
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ClientDisconnect):
             if not client_gone.is_set():
                 raise
-            log.info("%s %s: the client went away before the response was complete; its work was stopped",
-                     scope["method"], scope["path"])
+            if body_read.is_set():
+                log.info("%s %s: the client went away before the response was complete; its work was stopped",
+                         scope["method"], scope["path"])
         finally:
             watcher.cancel()
             work.cancel()  # no-op once done; stops the work if this middleware itself is cancelled
+        if client_gone.is_set() and not body_read.is_set() and not response_started:
+            await self._left_mid_body(send)  # ErrorContract logs it as the client error it is
+
+    @classmethod
+    async def _left_mid_body(cls, send: Send) -> None:
+        body = b'{"detail": "the client closed the connection before sending the whole body"}'
+        await send({"type": "http.response.start", "status": cls.LEFT_MID_BODY,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def _error_fields(status: int, body: bytes) -> tuple[str, str | None, str | None]:
@@ -292,7 +268,7 @@ class ErrorContract:
             status = start["status"]
             detail, param, code = _error_fields(status, b"".join(chunks))
             if status < 500:
-                log.info("%s %s answered %d: %s", scope["method"], scope["path"], status, detail[:300])
+                log.info("%s %s answered %d: %s", scope["method"], loggable_path(scope["path"]), status, detail[:300])
             headers, body = _json_body(status, detail, scope["path"], param, code)
             kept = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-type", b"content-length")]
             await send({"type": "http.response.start", "status": status, "headers": kept + headers})
@@ -308,6 +284,6 @@ class ClientErrorLogFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, (ValidationError, RequestBodyTooLarge)):
+        if isinstance(error, (ValidationError, BodyRefused, ClientDisconnect)):
             return False
         return not (isinstance(error, BentoMLException) and error.error_code < 500)

@@ -49,7 +49,7 @@ router = APIRouter()
 @router.websocket(LIVE_PATH)
 async def live(websocket: WebSocket) -> None:
     state = server_state()
-    refusal = _refusal(state, authorization(websocket.scope))
+    refusal = _refusal(state, websocket.scope)
     if refusal is not None:
         status, detail = refusal
         return await send_error(websocket.send, status, detail, LIVE_PATH, websocket=True)
@@ -61,9 +61,13 @@ async def live(websocket: WebSocket) -> None:
         state.live_sessions -= 1
 
 
-def _refusal(state: ServerState, header: bytes) -> tuple[int, str] | None:
-    """Why the handshake is refused, if it is: a wrong key (a missing one may come in session.config),
-    the model not ready, or too many sessions."""
+def _refusal(state: ServerState, scope: dict) -> tuple[int, str] | None:
+    """Why the handshake is refused, if it is: a page of another site, a wrong key (a missing one may
+    come in session.config), the model not ready, or too many sessions."""
+    if (origin := _foreign_origin(scope, state.settings.cors_origin_list)) is not None:
+        return 403, (f"WebSocket connections from pages of {origin} are not allowed; list the origin in "
+                     f"HIGGS_CORS_ORIGINS to allow them")
+    header = authorization(scope)
     if header and state.api_keys.required and not state.api_keys.accepts_header(header):
         return 401, "invalid API key"
     try:
@@ -74,6 +78,19 @@ def _refusal(state: ServerState, header: bytes) -> tuple[int, str] | None:
         return 429, (f"this server holds {state.live_sessions} live sessions, its limit "
                      f"(HIGGS_LIVE_SESSIONS); retry shortly")
     return None
+
+
+def _foreign_origin(scope: dict, allowed: list[str]) -> str | None:
+    """The handshake's `Origin` when it is a page of another site that HIGGS_CORS_ORIGINS does not list.
+    Browsers open WebSockets across sites without any CORS check, so without this any page a visitor
+    opens could drive a server without keys on their machine; clients other than browsers send no
+    Origin."""
+    headers = dict(scope["headers"])
+    origin = headers.get(b"origin", b"").decode("latin-1")
+    if not origin or "*" in allowed or origin in allowed:
+        return None
+    host = headers.get(b"host", b"").decode("latin-1").lower()
+    return None if origin.lower().partition("://")[2] == host else origin
 
 
 class Refused(Exception):

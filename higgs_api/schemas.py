@@ -34,7 +34,8 @@ class Usage(BaseModel):
     prompt_tokens: int = Field(description="The sum over text chunks of each one's whole prompt.")
     prefill_tokens: int = Field(description="Prompt tokens the engine computed; the rest came from cached or "
                                             "continued KV (a voice used before, the previous text chunk).")
-    completion_tokens: int = Field(description="Audio frames the model generated.")
+    completion_tokens: int = Field(description="Decoding steps the model ran (one frame of 8 codes each): the audio "
+                                   "frames plus 8 per text chunk for the delay pattern, 9 when the audio ended by itself.")
     total_tokens: int
 
 

@@ -75,6 +75,8 @@ class Settings:
     max_new_tokens_cap: int = 2048
     max_request_bytes: int = 32 * 1024 * 1024
     max_upload_bytes: int = 16 * 1024 * 1024
+    # A request's whole body must arrive within this many seconds (slow or stalled clients get 408).
+    body_timeout_s: float = 60.0
     min_reference_seconds: float = 0.5
     max_reference_seconds: float = 30.0
     # Engine capacity.
@@ -114,6 +116,8 @@ class Settings:
     live_buffered_chars: int = 5000
     live_session_s: float = 3600.0
     live_idle_s: float = 60.0
+    # Every this many seconds the worker hands freed heap memory back to the system (0: never).
+    malloc_trim_interval_s: float = 30.0
     # Optional API keys: a comma-separated list and/or a file with one key per line.
     api_keys: str = ""
     api_keys_file: str = ""
@@ -141,7 +145,7 @@ class Settings:
     def validate(self) -> None:
         positive = ("max_text_chars", "max_scene_chars", "max_transcript_chars", "max_description_chars",
                     "max_speakers", "max_new_tokens_cap", "max_request_bytes", "max_upload_bytes",
-                    "max_batch_size", "max_queue_size", "max_seq_len", "stream_first_chunk_frames", "long_form_chunk_chars",
+                    "body_timeout_s", "max_batch_size", "max_queue_size", "max_seq_len", "stream_first_chunk_frames", "long_form_chunk_chars",
                     "stream_chunk_frames", "prefill_chunk_tokens", "drain_timeout_s", "context_idle_s",
                     "live_sessions", "live_message_bytes", "live_buffered_chars", "live_session_s", "live_idle_s")
         for name in positive:
@@ -153,6 +157,8 @@ class Settings:
             raise ValueError("HIGGS_PREFILL_CHUNK_TOKENS must be a multiple of 64 (the KV block size)")
         if self.kv_cache_tokens and self.kv_cache_tokens < self.max_seq_len:
             raise ValueError("HIGGS_KV_CACHE_TOKENS must hold at least one sequence of HIGGS_MAX_SEQ_LEN tokens")
+        if self.malloc_trim_interval_s < 0:
+            raise ValueError("HIGGS_MALLOC_TRIM_INTERVAL_S must be >= 0 (0 turns it off)")
         if self.ras_window < 0 or self.ras_max_repeat < 1:
             raise ValueError("HIGGS_RAS_WINDOW must be >= 0 (0 turns RAS off) and HIGGS_RAS_MAX_REPEAT >= 1")
         if not 0 < self.min_reference_seconds < self.max_reference_seconds:
