@@ -1,6 +1,6 @@
 """Memory under mixed traffic: does the worker's memory stay flat once warm?
 
-Starts a server, sends mixed traffic (tests/mixed_traffic.py) from several clients for a warm-up, then
+Starts a server, sends mixed traffic (bench/mixed_traffic.py) from several clients for a warm-up, then
 samples the worker's resident memory and open files for the measured time. Prints requests by kind
 and status, failures, and the memory at the end of the warm-up against the end of the run.
 
@@ -27,13 +27,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--warmup-s", type=float, default=60)
     parser.add_argument("--measure-s", type=float, default=600)
+    parser.add_argument("--kinds", default=",".join(MixedTraffic.KINDS), help="request kinds to mix, comma-separated")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server, repeatable")
     args = parser.parse_args()
 
     server = BenchServer(args.preset, dict(item.split("=", 1) for item in args.env))
     try:
         worker = worker_process(server.process.pid)
-        traffic = MixedTraffic(server.url, VOICES / "en_man.wav", args.clients).start()
+        traffic = MixedTraffic(server.url, VOICES / "en_man.wav", args.clients,
+                               kinds=tuple(args.kinds.split(","))).start()
         warm = sample_rss_mib(worker, args.warmup_s, every=5)
         files_before = worker.num_fds()
         measured = sample_rss_mib(worker, args.measure_s, every=5)

@@ -1,6 +1,7 @@
 """Mixed traffic against a running server, as careless clients make it: plain and streamed speech,
 streams abandoned half-way, one-off clones with ever new clips, uploads and deletes, dialogue, long
-texts and bad requests. Used by the memory soak test and `bench/memory_soak.py`."""
+texts and bad requests. Used by `bench/memory_soak.py`, and meant for a soak test once a worker's
+memory holds flat under it (see docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,12 @@ class MixedTraffic:
     """`clients` threads sending a random mix of requests until `stop()`; `counts` tallies answers by
     kind and status. A status the kind does not expect is a failure (`failures`)."""
 
-    def __init__(self, url: str, voice_clip: Path, clients: int, seed: int = 0, headers: dict | None = None):
+    KINDS = ("plain", "streamed", "abandoned", "clone", "upload_and_delete", "dialogue", "long_text", "bad")
+
+    def __init__(self, url: str, voice_clip: Path, clients: int, seed: int = 0, headers: dict | None = None,
+                 kinds: tuple[str, ...] = KINDS):
         self.url, self.headers, self.clients = url, headers or {}, clients
+        self.kinds = [getattr(self, f"_{kind}") for kind in kinds]
         clip, self.clip_rate = sf.read(voice_clip, dtype="float32", always_2d=True)
         self.clip = clip.mean(axis=1)
         self.counts: Counter = Counter()
@@ -53,10 +58,8 @@ class MixedTraffic:
         return sum(self.counts.values())
 
     def _client(self, rng: random.Random, index: int) -> None:
-        kinds = [self._plain, self._streamed, self._abandoned, self._clone, self._upload_and_delete,
-                 self._dialogue, self._long_text, self._bad]
         while not self._stop.is_set():
-            kind = rng.choice(kinds)
+            kind = rng.choice(self.kinds)
             try:
                 status = kind(rng, index)
             except requests.RequestException as exc:
