@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import hashlib
 import threading
 
@@ -18,19 +19,24 @@ class Codec:
         self.device = device
         self.codebook_size = model.config.codebook_size
         self.samples_per_frame = model.config.hop_length
-        # One encode and one decode at a time: more would only fight over the same cores. Separate
-        # locks, because encoding a long reference clip takes as long as decoding seconds of audio for
-        # dozens of streams, and the streams must not wait for it (encoder and decoder share no state).
-        self._encode_lock = threading.Lock()
+        # One encode and one decode at a time: more would only fight over the same cores. Apart,
+        # because encoding a long reference clip takes as long as decoding seconds of audio for dozens
+        # of streams, and the streams must not wait for it (encoder and decoder share no state).
+        # Encodes run on one thread of their own, whichever request thread asks: torch keeps native
+        # state per calling thread (an OpenMP team, oneDNN's buffers for each new clip length), which
+        # grew the worker's memory with every thread that had ever encoded a clip.
+        self._encoder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="codec-encode")
         self._decode_lock = threading.Lock()
 
-    @torch.inference_mode()
     def encode(self, samples: np.ndarray) -> np.ndarray:
         """24 kHz mono float32 -> codes (codebooks, frames)."""
+        return self._encoder.submit(self._encode_here, samples).result()
+
+    @torch.inference_mode()
+    def _encode_here(self, samples: np.ndarray) -> np.ndarray:
         prepare_helper_thread(self.device)
         audio = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)).to(self.device)[None, None]
-        with self._encode_lock:
-            codes = self.model.encode(audio).audio_codes
+        codes = self.model.encode(audio).audio_codes
         return codes[0].cpu().numpy().astype(np.int64)
 
     @torch.inference_mode()
