@@ -168,7 +168,7 @@ class CancelOnDisconnect:
             nonlocal response_started, response_complete
             if client_gone.is_set() and not body_read.is_set():
                 if not response_started:
-                    await self._left_mid_body(send)
+                    await self._left_mid_body(send, scope["path"])
                 response_started = response_complete = True
                 return
             response_started = True
@@ -192,19 +192,16 @@ class CancelOnDisconnect:
                 raise
             if body_read.is_set():
                 log.info("%s %s: the client went away before the response was complete; its work was stopped",
-                         scope["method"], scope["path"])
+                         scope["method"], loggable_path(scope["path"]))
         finally:
             watcher.cancel()
             work.cancel()  # no-op once done; stops the work if this middleware itself is cancelled
         if client_gone.is_set() and not body_read.is_set() and not response_started:
-            await self._left_mid_body(send)  # ErrorContract logs it as the client error it is
+            await self._left_mid_body(send, scope["path"])  # ErrorContract logs it as the client error it is
 
     @classmethod
-    async def _left_mid_body(cls, send: Send) -> None:
-        body = b'{"detail": "the client closed the connection before sending the whole body"}'
-        await send({"type": "http.response.start", "status": cls.LEFT_MID_BODY,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+    async def _left_mid_body(cls, send: Send, path: str) -> None:
+        await send_error(send, cls.LEFT_MID_BODY, "the client closed the connection before sending the whole body", path)
 
 
 def _error_fields(status: int, body: bytes) -> tuple[str, str | None, str | None]:

@@ -31,7 +31,7 @@ class FramingRule:
         await self.app(scope, receive, send)
 
 
-def media_type(scope: Scope) -> str:
+def _media_type(scope: Scope) -> str:
     header = dict(scope["headers"]).get(b"content-type", b"")
     return header.split(b";", 1)[0].strip().lower().decode("latin-1")
 
@@ -46,7 +46,7 @@ class JsonContentType:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
-            kind = media_type(scope)
+            kind = _media_type(scope)
             if kind != "application/json" and not kind.endswith("+json"):
                 sent = f"Content-Type {kind}" if kind else "no Content-Type"
                 return await send_error(send, 415, f"this route takes a JSON body: send it with the header "
@@ -83,7 +83,8 @@ class BodyGuard:
             if body_done:
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
             except TimeoutError:
                 refusal = BodyRefused(408, f"the request body did not arrive within {self.timeout_s:g} s "
                                            f"(HIGGS_BODY_TIMEOUT_S)")

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 UNMATCHED = "unmatched"
 # The routes of BentoML's own server around the service's.
-BENTOML_SYSTEM_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/schema.json", "/docs.json")
+BENTOML_SYSTEM_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/schema.json")
 _ORIGINAL_SCOPE = "higgs.original_scope"
 
 
