@@ -45,10 +45,15 @@ class Codec:
         if codes.shape[1] == 0:
             return np.zeros(0, dtype=np.float32)
         prepare_helper_thread(self.device)
-        tensor = torch.from_numpy(codes).to(self.device)[None]
+        tensor = torch.from_numpy(self._playable(codes)).to(self.device)[None]
         with self._decode_lock:
             audio = self.model.decode(tensor).audio_values
         return audio[0, 0].float().cpu().numpy()
+
+    def _playable(self, codes: np.ndarray) -> np.ndarray:
+        """Generated codes may hold a stream marker (beyond the codebook) where the model emitted one:
+        played as the nearest real code, as the reference implementation does."""
+        return np.clip(codes, 0, self.codebook_size - 1)
 
     @torch.inference_mode()
     def decode_batch(self, clips: list[np.ndarray]) -> list[np.ndarray]:
@@ -59,7 +64,7 @@ class Codec:
         longest = max(clip.shape[1] for clip in clips)
         padded = np.stack([np.pad(clip, ((0, 0), (0, longest - clip.shape[1])), mode="edge") for clip in clips])
         prepare_helper_thread(self.device)
-        tensor = torch.from_numpy(padded)
+        tensor = torch.from_numpy(self._playable(padded))
         if self.device.type == "cuda":
             tensor = tensor.pin_memory()
         with self._decode_lock:

@@ -73,7 +73,7 @@ class LiveSpeech:
         plan, index = self.plan, segment.index
         del plan.spoken[index:]
         if frames:
-            codes = undo_delay_pattern(result.frames, self.synthesizer.codec.codebook_size)[:, :frames]
+            codes = undo_delay_pattern(result.frames)[:, :frames]
             plan.spoken.append((segment.text, codes))
             del plan.chunks[index + 1:]
         else:

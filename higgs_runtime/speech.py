@@ -353,7 +353,7 @@ class Synthesizer:
             raise self._timed_out()
         if result.finish_reason in ("error", "cancelled"):
             raise GenerationFailed(result.error or f"generation {result.finish_reason}")
-        plan.spoken.append((plan.chunks[len(plan.spoken)], undo_delay_pattern(result.frames, self.codec.codebook_size)))
+        plan.spoken.append((plan.chunks[len(plan.spoken)], undo_delay_pattern(result.frames)))
 
     def _timed_out(self) -> GenerationTimeout:
         return GenerationTimeout(f"the request did not finish within the server's limit of "

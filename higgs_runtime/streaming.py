@@ -92,4 +92,4 @@ class StreamingDecoder:
     def _codes(self, start: int, stop: int) -> np.ndarray:
         """Audio frames [start, stop) with the delay undone: codebook k of frame j is in generated frame j + k."""
         columns = [[self._generated[j + k][k] for j in range(start, stop)] for k in range(self.num_codebooks)]
-        return np.clip(np.array(columns, dtype=np.int64), 0, self.codec.codebook_size - 1)
+        return np.array(columns, dtype=np.int64)

@@ -5,8 +5,8 @@ A context records the sequence its KV holds: each position's token id, and at au
 audio frame, which is all the model reads there (the id only marks the position as audio). A
 continuation brings the whole prompt of its next turn; the engine reuses the context up to the first
 position where the two differ and computes the rest. So whatever the caller changed (a re-based
-history, audio cut short by a barge-in, codes the delay pattern clips), the continued KV holds exactly
-the sequence of the new prompt.
+history, audio cut short by a barge-in or by the length limit), the continued KV holds exactly the
+sequence of the new prompt.
 
 A kept context holds its blocks (the admission counts them) but no decoding slot. Its owner releases
 it when the conversation ends; an idle one is released after a time limit, and the least recently

@@ -31,12 +31,14 @@ def steps_for_frames(frames: int, num_codebooks: int) -> int:
     return frames + num_codebooks
 
 
-def undo_delay_pattern(frames: np.ndarray, codebook_size: int) -> np.ndarray:
+def undo_delay_pattern(frames: np.ndarray) -> np.ndarray:
     """Generated frames (without the leading all-begin frame and the closing all-end frame) ->
-    codes (codebooks, frames - codebooks + 1), clipped to real code values."""
+    codes (codebooks, frames - codebooks + 1), as the model emitted them: a codebook may hold a
+    stream marker where the others still speak (the codec plays it as the nearest real code). Kept
+    unclipped, a later turn's prompt holds exactly what the model read, so a continued context
+    agrees with it to the end."""
     steps, num_codebooks = frames.shape
     length = steps - num_codebooks + 1
     if length <= 0:
         return np.zeros((num_codebooks, 0), dtype=np.int64)
-    codes = np.stack([frames[k:k + length, k] for k in range(num_codebooks)])
-    return np.clip(codes, 0, codebook_size - 1)
+    return np.stack([frames[k:k + length, k] for k in range(num_codebooks)])

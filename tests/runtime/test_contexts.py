@@ -56,7 +56,7 @@ def test_a_barged_in_turn_continues_from_the_audio_that_was_kept(tiny_model):
         assert stopped.finish_reason == "cancelled" and stopped.context is not None
         assert engine.load.kept_contexts == 1
         kept_frames = 12  # the audio "sent" before the barge-in
-        codes = undo_delay_pattern(stopped.frames, tiny_model.config.codebook_size)[:, :kept_frames]
+        codes = undo_delay_pattern(stopped.frames)[:, :kept_frames]
         prompt = second_turn(tiny_model, codes)
         continued = engine.submit(greedy(prompt, 40, context=stopped.context)).result(60)
         whole = engine.submit(greedy(prompt, 40)).result(60)

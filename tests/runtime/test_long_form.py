@@ -109,12 +109,8 @@ def test_a_later_chunk_hears_fewer_earlier_chunks_rather_than_fail(tiny_model, s
     assert user_texts(messages) == [plan.chunks[0], plan.chunks[2], plan.chunks[3]]
 
 
-def test_a_continued_chunk_speaks_as_its_conversation_computed_whole(tiny_model, synthesizer):
-    """Greedy codes of chunks that continued the previous chunk's KV equal those of the same prompt
-    prefilled the usual way (from nothing but the prefix cache), bit for bit on CPU; and a continued
-    chunk computes only its own turn."""
-    greedy = Sampling(temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=40, seed=3)
-    plan = synthesizer.plan_plain(SCRIPT, "A quiet study.")
+def generate_recording(synthesizer, plan, sampling) -> list:
+    """Generates the plan; each chunk's engine result."""
     results = []
     original = synthesizer.finish_chunk
 
@@ -124,21 +120,48 @@ def test_a_continued_chunk_speaks_as_its_conversation_computed_whole(tiny_model,
 
     synthesizer.finish_chunk = recording
     try:
-        asyncio.run(synthesizer.generate(plan, greedy))
+        asyncio.run(synthesizer.generate(plan, sampling))
     finally:
         del synthesizer.finish_chunk
-    for index in (1, 2, 3):
+    return results
+
+
+def assert_only_new_turns_computed(synthesizer, plan, results) -> None:
+    """Each later chunk computed only its own turn: the conversation records the previous chunk's audio
+    as the model read it (short of the delay pattern's tail after a length limit)."""
+    for index in range(1, len(plan.chunks)):
         prompt = synthesizer._tokenize(plan, index, plan.history(index)[0], 10 ** 6)
         assert results[index].prompt_tokens == prompt.num_tokens
-        new_turn = prompt.num_tokens - results[index - 1].prompt_tokens - results[index - 1].steps
-        # The previous prompt is never computed again; of the previous chunk's frames, those from where
-        # they differ from the conversation's record of its audio (codes clipped, the end marker) are.
-        assert new_turn <= results[index].prefill_tokens <= new_turn + results[index - 1].steps
+        new_turn = prompt.num_tokens - results[index - 1].context.length
+        tail = 0 if results[index - 1].finish_reason == "stop" else synthesizer.loaded.config.num_codebooks
+        assert new_turn <= results[index].prefill_tokens <= new_turn + tail, f"chunk {index}"
+
+
+def test_a_continued_chunk_speaks_as_its_conversation_computed_whole(synthesizer):
+    """Greedy codes of chunks that continued the previous chunk's KV equal those of the same prompt
+    prefilled the usual way (from nothing but the prefix cache), bit for bit on CPU; and a continued
+    chunk computes only its own turn."""
+    greedy = Sampling(temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=40, seed=3)
+    plan = synthesizer.plan_plain(SCRIPT, "A quiet study.")
+    results = generate_recording(synthesizer, plan, greedy)
+    assert_only_new_turns_computed(synthesizer, plan, results)
+    for index in (1, 2, 3):
+        prompt = synthesizer._tokenize(plan, index, plan.history(index)[0], 10 ** 6)
         whole = synthesizer.scheduler.submit(GenerationRequest(
             prompt=prompt, sampling=SamplingParams(temperature=0.0, top_p=1.0, top_k=0, seed=3 + index),
             max_new_frames=synthesizer.engine_steps(greedy), guard_frames=10 ** 6, timeout_s=60)).result(60)
         assert whole.prefill_tokens > results[index].prefill_tokens
         assert np.array_equal(whole.frames, results[index].frames), f"chunk {index}"
+
+
+def test_stream_markers_inside_a_chunk_do_not_cost_its_continuation(synthesizer):
+    """A codebook may emit a stream marker while the others still speak (random weights often do): the
+    next chunk's prompt holds it as the model read it, so the continued context agrees to its end."""
+    plan = synthesizer.plan_plain(SCRIPT, None)
+    results = generate_recording(synthesizer, plan, Sampling(0.7, 0.95, 50, max_new_tokens=60, seed=5))
+    codebook_size = synthesizer.codec.codebook_size
+    assert any((codes[:, :-1] >= codebook_size).any() for _, codes in plan.spoken[:-1])  # the case is here
+    assert_only_new_turns_computed(synthesizer, plan, results)
 
 
 def test_long_script_streams_chunk_after_chunk(synthesizer):

@@ -33,7 +33,7 @@ def test_the_steps_for_a_number_of_frames_give_exactly_that_many():
     for frames in range(0, 12):
         steps = steps_for_frames(frames, 8)
         emitted = np.zeros((steps - 1, 8), dtype=np.int64)  # the all-begin frame is not kept
-        assert undo_delay_pattern(emitted, 1024).shape == (8, frames)
+        assert undo_delay_pattern(emitted).shape == (8, frames)
 
 
 @pytest.mark.parametrize("frames", range(1, 11))
