@@ -13,6 +13,7 @@ from higgs_api.drain import Drain, DrainGate
 from higgs_api.middleware import (ApiKeyAuth, ApiKeys, CancelOnDisconnect, ClientErrorLogFilter, ErrorContract,
                                   RequestId, RequestIdLogFilter)
 from higgs_api.request_guards import BodyGuard, FramingRule, JsonContentType
+from higgs_api.response_timeout import replace_bentoml_timeout
 from higgs_api.rest import RestApi
 from higgs_api.route_metrics import BENTOML_SYSTEM_PATHS, RouteTemplates, label_bentoml_metrics_by_route
 from higgs_api.state import ServerState
@@ -43,7 +44,8 @@ http_app = create_app(lambda: HiggsAudio.openapi_spec.asdict())
 @bentoml.service(
     name="higgs_audio",
     # No BentoML max_concurrency: the engine's bounded queue answers 429 with a useful detail. The traffic
-    # timeout stays above the engine's own request timeout, which reports itself.
+    # timeout (`ResponseTimeout`: until a response starts) stays above the engine's own request timeout,
+    # which reports itself.
     traffic={"timeout": int(settings.request_timeout_s) + 30},
     workers=WORKERS,
     resources=resources(settings, WORKERS),
@@ -62,6 +64,7 @@ class HiggsAudio(RestApi, VoiceApi):
         return self.state.loader.status == "ready" and not drain.draining
 
 
+replace_bentoml_timeout()
 label_bentoml_metrics_by_route(RouteTemplates([*route_paths(http_app.routes), *BENTOML_SYSTEM_PATHS,
                                                *(api.route for api in HiggsAudio.apis.values())]))
 

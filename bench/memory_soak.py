@@ -1,6 +1,6 @@
 """Memory under mixed traffic: does the worker's memory stay flat once warm?
 
-Starts a server, sends mixed traffic (bench/mixed_traffic.py) from several clients for a warm-up, then
+Starts a server, sends mixed traffic (tests/mixed_traffic.py) from several clients for a warm-up, then
 samples the worker's resident memory and open files for the measured time. Prints requests by kind
 and status, failures, and the memory at the end of the warm-up against the end of the run.
 
@@ -51,6 +51,8 @@ def main() -> None:
           f"{measured[-1]:.0f} MiB at the end (peak {max(measured):.0f}); growth after warm-up "
           f"{measured[-1] - measured[0]:+.0f} MiB")
     print(f"open files: {files_before} after warm-up, {files_after} at the end")
+    per_minute = measured[::12]  # sampled every 5 s
+    print("worker RSS each minute after warm-up (MiB): " + ", ".join(f"{rss:.0f}" for rss in per_minute))
 
 
 if __name__ == "__main__":

@@ -39,8 +39,9 @@ from .schemas import LIVE_MESSAGES, InputText, SessionConfig
 from .state import ServerState, server_state
 
 LIVE_PATH = "/v1/audio/speech/stream"
-# Close codes (RFC 6455): a policy (keys, limits) refused; the server failed.
-POLICY, SERVER_ERROR = 1008, 1011
+# Close codes (RFC 6455): a policy (keys, limits) refused; the server failed; the server is restarting
+# (the drain timeout ended the session: its client reconnects, to another replica).
+POLICY, SERVER_ERROR, SERVICE_RESTART = 1008, 1011, 1012
 
 log = logging.getLogger("higgs_audio.live")
 router = APIRouter()
@@ -140,6 +141,10 @@ class LiveSession:
             await self._close(closing.close_code, closing.code, closing.message)
         except _ClientLeft:
             pass
+        except asyncio.CancelledError:  # the drain timeout, or the server stopping
+            await self._close(SERVICE_RESTART, "server_shutting_down",
+                              "the server is shutting down; reconnect to go on (another replica will answer)")
+            raise
         except Exception:
             log.exception("live session failed")
             await self._close(SERVER_ERROR, "server_error", "internal server error; the server log has the details")

@@ -8,12 +8,15 @@ import os
 import signal
 import time
 
+import pytest
 import requests
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from higgs_api.drain import RETRY_AFTER_S, Drain
 
 from audio_checks import check_generation
 from server_checks import wait_for_load
+from test_live_api import FAST, Session, events_of
 from test_openai_api import LONG_SCRIPT
 
 # Long enough to be streaming for seconds on the tiny model: several text chunks, each of many frames.
@@ -73,3 +76,37 @@ def test_requests_still_running_at_the_drain_timeout_are_cut_off():
         return request.cancelled(), shut_down.is_set()
 
     assert asyncio.run(scenario()) == (True, True)
+
+
+def test_sigterm_lets_live_sessions_finish_and_closes_the_rest_for_a_restart(start_server, tmp_path):
+    """Open sessions go on while the server drains: one that ends its input is spoken to the end; one
+    still open at the drain timeout is told so and closed with 1012 (service restart), so its client
+    reconnects to another replica. New sessions are refused at the handshake."""
+    server = start_server(tmp_path / "data", extra_env={"HIGGS_DRAIN_TIMEOUT_S": "6", "HIGGS_LIVE_IDLE_S": "60"})
+    server.wait_until(("healthy",))
+    finishing, staying = Session(server, {**FAST}), Session(server, {**FAST})
+    staying.say("One sentence before the restart.")
+    staying.until("segment.done")
+    os.kill(server.process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while requests.get(server.url + "/readyz", timeout=10).status_code != 503:
+        assert time.monotonic() < deadline, "/readyz still answers 200 after SIGTERM"
+        time.sleep(0.05)
+    with pytest.raises(InvalidStatus) as refused:
+        Session(server)
+    assert refused.value.response.status_code == 503
+
+    finishing.say("Spoken while the server drains.")
+    finishing.send({"type": "input.done"})
+    messages = finishing.until("session.done")
+    assert [event["text"] for event in events_of(messages, "segment.start")] == ["Spoken while the server drains."]
+    with pytest.raises(ConnectionClosed) as closed:
+        finishing.next_event()
+    assert closed.value.rcvd.code == 1000
+
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            staying.next_event(timeout=30)
+    assert events_of(staying.events, "error")[-1]["code"] == "server_shutting_down"
+    assert closed.value.rcvd.code == 1012
+    assert server.process.wait(timeout=60) == 0

@@ -1,7 +1,6 @@
 """Mixed traffic against a running server, as careless clients make it: plain and streamed speech,
 streams abandoned half-way, one-off clones with ever new clips, uploads and deletes, dialogue, long
-texts and bad requests. Used by `bench/memory_soak.py`, and meant for a soak test once a worker's
-memory holds flat under it (see docs/benchmarks.md)."""
+texts and bad requests. Used by the soak test (`tests/api/test_memory_soak.py`) and `bench/memory_soak.py`."""
 
 from __future__ import annotations
 
