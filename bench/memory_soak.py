@@ -20,6 +20,8 @@ from server_checks import worker_process  # noqa: E402
 from server_process import BenchServer  # noqa: E402
 from voice_clip import VOICES  # noqa: E402
 
+SAMPLE_EVERY_S = 5
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,9 +38,9 @@ def main() -> None:
         worker = worker_process(server.process.pid)
         traffic = MixedTraffic(server.url, VOICES / "en_man.wav", args.clients,
                                kinds=tuple(args.kinds.split(","))).start()
-        warm = sample_rss_mib(worker, args.warmup_s, every=5)
+        warm = sample_rss_mib(worker, args.warmup_s, every=SAMPLE_EVERY_S)
         files_before = worker.num_fds()
-        measured = sample_rss_mib(worker, args.measure_s, every=5)
+        measured = sample_rss_mib(worker, args.measure_s, every=SAMPLE_EVERY_S)
         files_after = worker.num_fds()
         traffic.stop()
     finally:
@@ -51,7 +53,7 @@ def main() -> None:
           f"{measured[-1]:.0f} MiB at the end (peak {max(measured):.0f}); growth after warm-up "
           f"{measured[-1] - measured[0]:+.0f} MiB")
     print(f"open files: {files_before} after warm-up, {files_after} at the end")
-    per_minute = measured[::12]  # sampled every 5 s
+    per_minute = measured[::round(60 / SAMPLE_EVERY_S)]
     print("worker RSS each minute after warm-up (MiB): " + ", ".join(f"{rss:.0f}" for rss in per_minute))
 
 

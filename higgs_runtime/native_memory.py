@@ -1,7 +1,7 @@
 """Bounds on memory that Python never sees: the caches of oneDNN and ideep, and glibc's heaps.
 
 Under mixed traffic (prompts of every length, clips at every rate, threads of BentoML, the engine and
-the codec) a CPU worker's resident memory kept growing after warm-up although no Python object did:
+the codec) a CPU worker's resident memory kept growing after warm-up beyond what Python objects hold:
 - oneDNN compiles a kernel per shape it meets and caches up to 1024 of them;
 - ideep (PyTorch's layer over oneDNN for convolutions: the codec) caches up to 1024 convolution
   descriptions per thread, one per layer and input shape, and reference clips come in every length;

@@ -126,15 +126,19 @@ def generate_recording(synthesizer, plan, sampling) -> list:
     return results
 
 
-def assert_only_new_turns_computed(synthesizer, plan, results) -> None:
+def assert_only_new_turns_computed(synthesizer, plan, results) -> list:
     """Each later chunk computed only its own turn: the conversation records the previous chunk's audio
-    as the model read it (short of the delay pattern's tail after a length limit)."""
+    as the model read it (short of the delay pattern's tail after a length limit). Returns each later
+    chunk's whole prompt."""
+    prompts = []
     for index in range(1, len(plan.chunks)):
         prompt = synthesizer._tokenize(plan, index, plan.history(index)[0], 10 ** 6)
         assert results[index].prompt_tokens == prompt.num_tokens
         new_turn = prompt.num_tokens - results[index - 1].context.length
         tail = 0 if results[index - 1].finish_reason == "stop" else synthesizer.loaded.config.num_codebooks
         assert new_turn <= results[index].prefill_tokens <= new_turn + tail, f"chunk {index}"
+        prompts.append(prompt)
+    return prompts
 
 
 def test_a_continued_chunk_speaks_as_its_conversation_computed_whole(synthesizer):
@@ -144,9 +148,7 @@ def test_a_continued_chunk_speaks_as_its_conversation_computed_whole(synthesizer
     greedy = Sampling(temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=40, seed=3)
     plan = synthesizer.plan_plain(SCRIPT, "A quiet study.")
     results = generate_recording(synthesizer, plan, greedy)
-    assert_only_new_turns_computed(synthesizer, plan, results)
-    for index in (1, 2, 3):
-        prompt = synthesizer._tokenize(plan, index, plan.history(index)[0], 10 ** 6)
+    for index, prompt in enumerate(assert_only_new_turns_computed(synthesizer, plan, results), start=1):
         whole = synthesizer.scheduler.submit(GenerationRequest(
             prompt=prompt, sampling=SamplingParams(temperature=0.0, top_p=1.0, top_k=0, seed=3 + index),
             max_new_frames=synthesizer.engine_steps(greedy), guard_frames=10 ** 6, timeout_s=60)).result(60)
